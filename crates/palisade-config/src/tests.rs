@@ -1,0 +1,129 @@
+use super::*;
+
+const MINIMAL: &str = r#"
+[upstreams.demo]
+transport = "stdio"
+command = "demo-server"
+"#;
+
+#[test]
+fn minimal_config_gets_safe_defaults() {
+    let c = Config::from_toml(MINIMAL).unwrap();
+    assert!(c.server.listen.ip().is_loopback());
+    assert_eq!(c.server.protocol_versions.len(), 3);
+    assert!(!c.server.protocol_versions.iter().any(|v| v == "2025-03-26"));
+    let up = c.upstreams["demo"].get_ref();
+    let Transport::Stdio(s) = &up.transport else {
+        panic!("stdio")
+    };
+    assert_eq!(s.mode, StdioMode::Shared);
+    assert!(s.env.is_empty());
+}
+
+#[test]
+fn unknown_key_is_an_error_with_line() {
+    let text = "[server]\nlisten = \"127.0.0.1:1\"\nlisten_addr = \"x\"\n";
+    let err = Config::from_toml(text).unwrap_err();
+    let e = &err.0[0];
+    assert_eq!(e.line, Some(3), "{err}");
+    assert!(e.message.contains("listen_addr"), "{err}");
+}
+
+#[test]
+fn semantic_errors_name_key_and_line() {
+    let text = r#"
+[server]
+protocol_versions = ["2024-11-05"]
+
+[upstreams.ok]
+transport = "stdio"
+command = "x"
+
+[upstreams.remote]
+transport = "http"
+url = "http://example.com/mcp"
+"#;
+    let err = Config::from_toml(text).unwrap_err();
+    let msgs = err.to_string();
+    assert!(msgs.contains("server.protocol_versions"), "{msgs}");
+    let url = err.0.iter().find(|e| e.key == "upstreams.remote.url").expect(&msgs);
+    assert_eq!(url.line, Some(9), "{msgs}");
+    assert!(url.message.contains("plain http"), "{msgs}");
+}
+
+#[test]
+fn bad_names_and_urls_are_refused() {
+    for (text, key) in [
+        (
+            "[upstreams.\"Bad Name\"]\ntransport=\"stdio\"\ncommand=\"x\"",
+            "upstreams.Bad Name",
+        ),
+        ("[upstreams.a__b]\ntransport=\"stdio\"\ncommand=\"x\"", "upstreams.a__b"),
+        (
+            "[upstreams.a]\ntransport=\"stdio\"\ncommand=\"  \"",
+            "upstreams.a.command",
+        ),
+        (
+            "[upstreams.a]\ntransport=\"http\"\nurl=\"ftp://x/mcp\"",
+            "upstreams.a.url",
+        ),
+        (
+            "[upstreams.a]\ntransport=\"http\"\nurl=\"https://u:p@x/mcp\"",
+            "upstreams.a.url",
+        ),
+        (
+            "[upstreams.a]\ntransport=\"http\"\nurl=\"not a url\"",
+            "upstreams.a.url",
+        ),
+    ] {
+        let err = Config::from_toml(text).unwrap_err();
+        assert!(err.0.iter().any(|e| e.key == key), "{text}: {err}");
+    }
+}
+
+#[test]
+fn unknown_transport_is_an_error() {
+    let err = Config::from_toml("[upstreams.a]\ntransport=\"carrier-pigeon\"\n").unwrap_err();
+    assert!(err.to_string().contains("carrier-pigeon"), "{err}");
+}
+
+#[test]
+fn no_upstreams_is_an_error() {
+    let err = Config::from_toml("").unwrap_err();
+    assert!(err.to_string().contains("at least one upstream"));
+}
+
+#[test]
+fn loopback_http_is_fine() {
+    let c = Config::from_toml("[upstreams.a]\ntransport=\"http\"\nurl=\"http://127.0.0.1:9/mcp\"").unwrap();
+    assert!(matches!(c.upstreams["a"].get_ref().transport, Transport::Http(_)));
+}
+
+#[test]
+fn env_overrides_apply() {
+    let env = vec![
+        ("PALISADE__SERVER__LISTEN".to_owned(), "127.0.0.1:9999".to_owned()),
+        ("PALISADE__SERVER__MAX_BODY_BYTES".to_owned(), "2048".to_owned()),
+    ];
+    let c = Config::from_toml_with_env(MINIMAL, &env).unwrap();
+    assert_eq!(c.server.listen.port(), 9999);
+    assert_eq!(c.server.max_body_bytes, 2048);
+    let bad = vec![("PALISADE__SERVER__MAX_BODY_BYTES".to_owned(), "lots".to_owned())];
+    let err = Config::from_toml_with_env(MINIMAL, &bad).unwrap_err();
+    assert!(err.to_string().contains("after environment overrides"), "{err}");
+}
+
+#[test]
+fn malformed_toml_is_an_error_not_a_panic() {
+    for text in ["[server", "x = ", "\u{0}", "[upstreams.a]\ntransport = 5"] {
+        assert!(Config::from_toml(text).is_err(), "{text:?}");
+    }
+}
+
+#[test]
+fn unknown_upstream_keys_are_errors() {
+    let err = Config::from_toml("[upstreams.a]\ntransport=\"stdio\"\ncommand=\"x\"\ncomand_args=[]\n").unwrap_err();
+    assert!(err.to_string().contains("comand_args"), "{err}");
+    let err = Config::from_toml("[upstreams.a]\ntransport=\"http\"\nurl=\"https://x/mcp\"\nheader={}\n").unwrap_err();
+    assert!(err.to_string().contains("header"), "{err}");
+}

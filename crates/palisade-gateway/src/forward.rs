@@ -1,0 +1,498 @@
+//! Serving one client request: choose the upstream, rewrite ids, relay the
+//! answer onto the request's stream. On the aggregated endpoint, list methods
+//! fan out to every upstream and names are prefixed (`<server>__<tool>`) or
+//! aliased; a collision removes the colliding tools rather than shadowing one.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use palisade_upstream::UpstreamError;
+use palisade_upstream::http::Reply;
+use palisade_wire::{Id, Kind, Message, codes};
+use serde_json::value::RawValue;
+use serde_json::{Map, Value};
+
+use crate::gateway::{
+    Gateway, Inflight, ProgressRoute, call_link, empty_object, relay_from_server, replace_field, to_raw, upstream_error,
+};
+use crate::session::{Link, LiveSession, Route};
+use crate::stream::StreamBuf;
+
+/// Separator between server and tool names on the aggregated endpoint.
+pub const SEP: &str = "__";
+
+/// What to do with a client request.
+#[derive(Debug)]
+pub enum Plan {
+    /// Send to one upstream (the message may have been rewritten).
+    Forward { upstream: String, msg: Message },
+    /// Merge a list from every upstream.
+    FanOut { method: &'static str, key: &'static str },
+    /// Answer locally with this result.
+    Local(Box<RawValue>),
+    /// Refuse with a JSON-RPC error.
+    Refuse(i64, String),
+}
+
+#[derive(serde::Deserialize)]
+struct NamedParams {
+    name: Option<String>,
+    uri: Option<String>,
+    #[serde(rename = "ref")]
+    reference: Option<RefParam>,
+}
+
+#[derive(serde::Deserialize)]
+struct RefParam {
+    #[serde(rename = "type")]
+    kind: String,
+    name: Option<String>,
+    uri: Option<String>,
+}
+
+/// Decides where a request goes.
+pub fn plan(gw: &Gateway, sess: &LiveSession, msg: Message) -> Plan {
+    if let Route::Single(n) = &sess.route {
+        return Plan::Forward {
+            upstream: n.clone(),
+            msg,
+        };
+    }
+    let method = msg.method().to_owned();
+    match method.as_str() {
+        "ping" => Plan::Local(empty_object()),
+        "tools/list" => Plan::FanOut {
+            method: "tools/list",
+            key: "tools",
+        },
+        "prompts/list" => Plan::FanOut {
+            method: "prompts/list",
+            key: "prompts",
+        },
+        "resources/list" => Plan::FanOut {
+            method: "resources/list",
+            key: "resources",
+        },
+        "resources/templates/list" => Plan::FanOut {
+            method: "resources/templates/list",
+            key: "resourceTemplates",
+        },
+        "tools/call" | "prompts/get" => {
+            let Some(name) = msg.params_as::<NamedParams>().and_then(|p| p.name) else {
+                return Plan::Refuse(codes::INVALID_PARAMS, "params.name is required".into());
+            };
+            match resolve_name(gw, &name) {
+                Some((up, original)) => {
+                    let name_raw = to_raw(&Value::String(original));
+                    match replace_field(msg.params.as_deref(), "name", &name_raw) {
+                        Some(params) => Plan::Forward {
+                            upstream: up,
+                            msg: Message {
+                                params: Some(params),
+                                ..msg
+                            },
+                        },
+                        None => Plan::Refuse(codes::INVALID_PARAMS, "invalid params".into()),
+                    }
+                }
+                None => Plan::Refuse(codes::INVALID_PARAMS, format!("unknown name {name:?}")),
+            }
+        }
+        "resources/read" | "resources/subscribe" | "resources/unsubscribe" => {
+            let Some(uri) = msg.params_as::<NamedParams>().and_then(|p| p.uri) else {
+                return Plan::Refuse(codes::INVALID_PARAMS, "params.uri is required".into());
+            };
+            match resource_upstream(sess, &uri) {
+                Some(up) => Plan::Forward { upstream: up, msg },
+                None => Plan::Refuse(
+                    codes::INVALID_PARAMS,
+                    format!("unknown resource {uri:?}: list resources first"),
+                ),
+            }
+        }
+        "completion/complete" => {
+            let Some(r) = msg.params_as::<NamedParams>().and_then(|p| p.reference) else {
+                return Plan::Refuse(codes::INVALID_PARAMS, "params.ref is required".into());
+            };
+            match (r.kind.as_str(), r.name, r.uri) {
+                ("ref/prompt", Some(name), _) => match resolve_name(gw, &name) {
+                    Some((up, original)) => {
+                        let mut reference = Map::new();
+                        reference.insert("type".into(), Value::from("ref/prompt"));
+                        reference.insert("name".into(), Value::from(original));
+                        match replace_field(msg.params.as_deref(), "ref", &to_raw(&Value::Object(reference))) {
+                            Some(params) => Plan::Forward {
+                                upstream: up,
+                                msg: Message {
+                                    params: Some(params),
+                                    ..msg
+                                },
+                            },
+                            None => Plan::Refuse(codes::INVALID_PARAMS, "invalid params".into()),
+                        }
+                    }
+                    None => Plan::Refuse(codes::INVALID_PARAMS, format!("unknown prompt {name:?}")),
+                },
+                ("ref/resource", _, Some(uri)) => match resource_upstream(sess, &uri) {
+                    Some(up) => Plan::Forward { upstream: up, msg },
+                    None => Plan::Refuse(codes::INVALID_PARAMS, format!("unknown resource {uri:?}")),
+                },
+                _ => Plan::Refuse(codes::INVALID_PARAMS, "unsupported completion reference".into()),
+            }
+        }
+        "logging/setLevel" => Plan::FanOut {
+            method: "logging/setLevel",
+            key: "",
+        },
+        _ => Plan::Refuse(
+            codes::METHOD_NOT_FOUND,
+            format!("method {method:?} is not available on the aggregated endpoint"),
+        ),
+    }
+}
+
+/// Exposed aggregated name → (upstream, upstream's own name).
+pub fn resolve_name(gw: &Gateway, exposed: &str) -> Option<(String, String)> {
+    for (name, up) in gw.config.aggregate_upstreams() {
+        if let Some((orig, _)) = up.aliases.iter().find(|(_, to)| to.as_str() == exposed) {
+            return Some((name.clone(), orig.clone()));
+        }
+    }
+    let (server, original) = exposed.split_once(SEP)?;
+    let up = gw.upstreams.get(server)?;
+    (up.config.aggregate && !original.is_empty()).then(|| (server.to_owned(), original.to_owned()))
+}
+
+/// The exposed aggregated name of an upstream's tool or prompt.
+pub fn exposed_name(gw: &Gateway, upstream: &str, original: &str) -> String {
+    gw.upstreams
+        .get(upstream)
+        .and_then(|u| u.config.aliases.get(original).cloned())
+        .unwrap_or_else(|| format!("{upstream}{SEP}{original}"))
+}
+
+fn resource_upstream(sess: &LiveSession, uri: &str) -> Option<String> {
+    let routes = sess.resource_routes.lock().ok()?;
+    if let Some(up) = routes.get(uri) {
+        return Some(up.clone());
+    }
+    // Templates are recorded by their literal prefix (`file:///{path}` → `file:///`).
+    routes
+        .iter()
+        .filter(|(k, _)| k.starts_with("template:"))
+        .filter_map(|(k, up)| {
+            let prefix = k.trim_start_matches("template:");
+            (!prefix.is_empty() && uri.starts_with(prefix)).then_some((prefix.len(), up))
+        })
+        .max_by_key(|(len, _)| *len)
+        .map(|(_, up)| up.clone())
+}
+
+/// Removes the bookkeeping of one forwarded request, even if its task is aborted.
+struct InflightGuard {
+    gw: Arc<Gateway>,
+    sess: Arc<LiveSession>,
+    gw_id: u64,
+    client_id: String,
+    token: Option<String>,
+}
+
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        if let Ok(mut m) = self.gw.inflight.lock() {
+            m.remove(&self.gw_id);
+        }
+        if let Some(t) = &self.token
+            && let Ok(mut m) = self.gw.progress.lock()
+        {
+            m.remove(t);
+        }
+        if let Ok(mut m) = self.sess.requests.lock()
+            && m.get(&self.client_id).is_some_and(|r| r.gw_id == self.gw_id)
+        {
+            m.remove(&self.client_id);
+        }
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct MetaParams<'a> {
+    #[serde(borrow, rename = "_meta")]
+    meta: Option<MetaToken<'a>>,
+}
+
+#[derive(serde::Deserialize)]
+struct MetaToken<'a> {
+    #[serde(borrow, rename = "progressToken")]
+    token: Option<&'a RawValue>,
+}
+
+/// Rewrites `params._meta.progressToken` to a gateway token; returns the original.
+fn rewrite_progress(msg: &mut Message, new_token: &str) -> Option<Box<RawValue>> {
+    let original = msg
+        .params_as::<MetaParams>()
+        .and_then(|p| p.meta)
+        .and_then(|m| m.token)
+        .map(|t| t.to_owned())?;
+    let mut params: Map<String, Value> = serde_json::from_str(msg.params.as_deref()?.get()).ok()?;
+    let meta = params.get_mut("_meta")?.as_object_mut()?;
+    meta.insert("progressToken".into(), Value::String(new_token.to_owned()));
+    msg.params = serde_json::value::to_raw_value(&params).ok();
+    Some(original)
+}
+
+/// Serves one request from `sess` on `upstream`, writing the answer to `stream`.
+/// The client's id is restored on everything written.
+pub async fn forward(
+    gw: Arc<Gateway>,
+    sess: Arc<LiveSession>,
+    upstream: String,
+    mut msg: Message,
+    stream: Arc<StreamBuf>,
+) {
+    let Some(client_id) = msg.id.clone() else { return };
+    let Some(handle) = gw.upstreams.get(&upstream).cloned() else {
+        stream.finish_with(error_bytes(&client_id, codes::INTERNAL_ERROR, "unknown upstream"));
+        return;
+    };
+    let Some(link) = sess.links.get(&upstream).cloned() else {
+        stream.finish_with(error_bytes(&client_id, codes::INTERNAL_ERROR, "upstream not connected"));
+        return;
+    };
+    let Ok(_permit) = handle.permits.clone().try_acquire_owned() else {
+        stream.finish_with(error_bytes(
+            &client_id,
+            codes::OVERLOADED,
+            "upstream overloaded, retry later",
+        ));
+        return;
+    };
+    let gw_id = gw.next_id();
+    if let Ok(mut m) = sess.requests.lock()
+        && let Some(r) = m.get_mut(client_id.as_str())
+    {
+        r.gw_id = gw_id;
+    }
+    let gw_token = format!("palisade-{gw_id}");
+    let original_token = rewrite_progress(&mut msg, &gw_token);
+    if let Some(original) = &original_token
+        && let Ok(mut m) = gw.progress.lock()
+    {
+        m.insert(
+            format!("\"{gw_token}\""),
+            ProgressRoute {
+                original: original.clone(),
+                stream: stream.clone(),
+            },
+        );
+    }
+    let inflight = Inflight {
+        session: sess.clone(),
+        upstream: upstream.clone(),
+        stream: stream.clone(),
+    };
+    if let Ok(mut m) = gw.inflight.lock() {
+        m.insert(gw_id, inflight.clone());
+    }
+    let _guard = InflightGuard {
+        gw: gw.clone(),
+        sess: sess.clone(),
+        gw_id,
+        client_id: client_id.as_str().to_owned(),
+        token: original_token.as_ref().map(|_| format!("\"{gw_token}\"")),
+    };
+    let gw_msg_id = Id::number(gw_id);
+    msg.id = Some(gw_msg_id.clone());
+    let timeout = handle.timeout();
+    let method = msg.method().to_owned();
+    let result = match &link {
+        Link::Stdio { conn, .. } => conn.request(msg, timeout).await,
+        Link::Http { up, session, version } => {
+            match up.post(&msg, session.as_deref(), Some(version), &[], timeout).await {
+                Ok(answer) => match answer.reply {
+                    Reply::Message(m) => Ok(m),
+                    Reply::Accepted => Err(UpstreamError::Protocol("request answered with 202".into())),
+                    Reply::Stream(mut s) => {
+                        let pump = async {
+                            while let Some(item) = s.next().await {
+                                let m = item?;
+                                match m.kind() {
+                                    Kind::Response | Kind::Error if m.id.as_ref() == Some(&gw_msg_id) => return Ok(m),
+                                    Kind::Response | Kind::Error => {}
+                                    _ => relay_from_server(&gw, &upstream, &link, m, Some(&inflight), None),
+                                }
+                            }
+                            Err(UpstreamError::Protocol(
+                                "upstream stream ended without a response".into(),
+                            ))
+                        };
+                        tokio::time::timeout(timeout, pump)
+                            .await
+                            .unwrap_or(Err(UpstreamError::Timeout))
+                    }
+                },
+                Err(e) => Err(e),
+            }
+        }
+    };
+    match result {
+        Ok(mut resp) => {
+            resp.id = Some(client_id);
+            if sess.stateless {
+                ensure_result_type(&mut resp);
+            }
+            stream.finish_with(Bytes::from(resp.to_bytes()));
+        }
+        Err(e) => {
+            tracing::warn!(upstream = %upstream, method = %method, error = %e, "upstream request failed");
+            if e == UpstreamError::SessionExpired {
+                let gw2 = gw.clone();
+                let s2 = sess.clone();
+                tokio::spawn(async move { gw2.end_session(&s2).await });
+            }
+            if let UpstreamError::Timeout = e
+                && let Link::Http { .. } = &link
+            {
+                crate::gateway::answer_upstream(&link, cancel_notice(gw_id));
+            }
+            stream.finish_with(Bytes::from(upstream_error(Some(client_id), &e).to_bytes()));
+        }
+    }
+}
+
+/// `notifications/cancelled` for a request the gateway sent upstream.
+pub fn cancel_notice(gw_id: u64) -> Message {
+    let params = serde_json::json!({ "requestId": gw_id, "reason": "cancelled by the client" });
+    Message::notification("notifications/cancelled", serde_json::value::to_raw_value(&params).ok())
+}
+
+fn error_bytes(id: &Id, code: i64, message: &str) -> Bytes {
+    Bytes::from(Message::error(Some(id.clone()), code, message, None).to_bytes())
+}
+
+/// Adds `resultType: "complete"` for stateless clients when an older upstream omits it.
+pub fn ensure_result_type(resp: &mut Message) {
+    let Some(result) = resp.result.as_deref() else { return };
+    let Ok(mut map) = serde_json::from_str::<Map<String, Value>>(result.get()) else {
+        return;
+    };
+    if !map.contains_key("resultType") {
+        map.insert("resultType".into(), Value::from("complete"));
+        if let Ok(raw) = serde_json::value::to_raw_value(&map) {
+            resp.result = Some(raw);
+        }
+    }
+}
+
+/// Fetches a list from every upstream of an aggregated session and merges it.
+pub async fn fan_out(
+    gw: Arc<Gateway>,
+    sess: Arc<LiveSession>,
+    client_id: Id,
+    method: &'static str,
+    key: &'static str,
+    params: Option<Box<RawValue>>,
+    stream: Arc<StreamBuf>,
+) {
+    let mut merged: Vec<Value> = Vec::new();
+    let mut names: HashMap<String, usize> = HashMap::new();
+    let mut routes: Vec<(String, String)> = Vec::new();
+    let mut upstreams: Vec<&String> = sess.links.keys().collect();
+    upstreams.sort();
+    for name in upstreams {
+        let Some(link) = sess.links.get(name) else { continue };
+        let timeout = gw
+            .upstreams
+            .get(name)
+            .map_or(std::time::Duration::from_secs(30), |h| h.timeout());
+        if key.is_empty() {
+            // A setting broadcast to every upstream (logging/setLevel).
+            let msg = Message::request(Id::number(gw.next_id()), method, params.clone());
+            if let Err(e) = call_link(link, &msg, timeout).await {
+                tracing::warn!(upstream = %name, error = %e, "fan-out failed");
+            }
+            continue;
+        }
+        let mut cursor: Option<String> = None;
+        for _page in 0..50 {
+            let p = cursor.as_ref().map(|c| to_raw(&serde_json::json!({ "cursor": c })));
+            let msg = Message::request(Id::number(gw.next_id()), method, p);
+            let resp = match call_link(link, &msg, timeout).await {
+                Ok((r, _)) => r,
+                Err(e) => {
+                    tracing::warn!(upstream = %name, method, error = %e, "upstream left out of aggregated list");
+                    break;
+                }
+            };
+            let Some(result) = resp.result_as::<Map<String, Value>>() else {
+                tracing::debug!(upstream = %name, method, "upstream has no result for list (capability absent?)");
+                break;
+            };
+            if let Some(Value::Array(items)) = result.get(key) {
+                for item in items {
+                    let mut item = item.clone();
+                    match key {
+                        "tools" | "prompts" => {
+                            let Some(orig) = item.get("name").and_then(Value::as_str).map(str::to_owned) else {
+                                continue;
+                            };
+                            let exposed = exposed_name(&gw, name, &orig);
+                            item["name"] = Value::String(exposed.clone());
+                            *names.entry(exposed).or_insert(0) += 1;
+                        }
+                        "resources" => {
+                            if let Some(uri) = item.get("uri").and_then(Value::as_str) {
+                                routes.push((uri.to_owned(), name.clone()));
+                            }
+                        }
+                        "resourceTemplates" => {
+                            if let Some(t) = item.get("uriTemplate").and_then(Value::as_str) {
+                                let prefix = t.split('{').next().unwrap_or("");
+                                routes.push((format!("template:{prefix}"), name.clone()));
+                            }
+                        }
+                        _ => {}
+                    }
+                    merged.push(item);
+                }
+            }
+            cursor = result.get("nextCursor").and_then(Value::as_str).map(str::to_owned);
+            if cursor.is_none() {
+                break;
+            }
+        }
+    }
+    if !routes.is_empty()
+        && let Ok(mut m) = sess.resource_routes.lock()
+    {
+        for (uri, up) in routes {
+            m.entry(uri).or_insert(up);
+        }
+    }
+    let collisions: Vec<String> = names.into_iter().filter(|(_, n)| *n > 1).map(|(k, _)| k).collect();
+    if !collisions.is_empty() {
+        tracing::error!(
+            ?collisions,
+            method,
+            "aggregated name collision: colliding entries withheld"
+        );
+        merged.retain(|item| {
+            item.get("name")
+                .and_then(Value::as_str)
+                .is_none_or(|n| !collisions.iter().any(|c| c == n))
+        });
+    }
+    let mut result = Map::new();
+    if !key.is_empty() {
+        result.insert(key.to_owned(), Value::Array(merged));
+    }
+    if sess.stateless && !key.is_empty() {
+        result.insert("resultType".into(), Value::from("complete"));
+        result.insert("ttlMs".into(), Value::from(0));
+        result.insert("cacheScope".into(), Value::from("private"));
+    }
+    let resp = Message::response(client_id, to_raw(&Value::Object(result)));
+    stream.finish_with(Bytes::from(resp.to_bytes()));
+}

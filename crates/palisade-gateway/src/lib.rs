@@ -1,0 +1,22 @@
+//! The Palisade gateway: Streamable HTTP in front, stdio and HTTP upstreams behind.
+//!
+//! Request path: hygiene (Origin/Host, overload) → body limits → JSON-RPC decode →
+//! session (sealed, user-bound) → plan (route, aggregate) → upstream → stream back.
+//! Later controls (authentication, policy, inspection, audit) plug in between
+//! decode and upstream.
+
+// Handlers return `Result<_, Response>`: the error is the HTTP answer itself, on a cold path.
+#![allow(clippy::result_large_err)]
+
+pub mod forward;
+pub mod gateway;
+pub mod handlers;
+pub mod hygiene;
+pub mod server;
+pub mod session;
+pub mod sse;
+pub mod stateless;
+pub mod stream;
+
+pub use gateway::Gateway;
+pub use server::{build_router, serve};

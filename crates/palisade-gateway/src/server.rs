@@ -1,0 +1,132 @@
+//! The listener: connection limits, header timeouts, routes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::routing::{get, post};
+use http::StatusCode;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::gateway::Gateway;
+use crate::handlers;
+use crate::hygiene::{self, Hygiene, OriginPolicy};
+
+/// Connections served at once; further ones wait in the kernel backlog.
+const MAX_CONNECTIONS: usize = 4096;
+
+/// All routes with the hygiene layer.
+pub fn build_router(gw: Arc<Gateway>) -> Router {
+    let cfg = &gw.config.server;
+    let hygiene = Arc::new(Hygiene {
+        policy: OriginPolicy::new(&cfg.allowed_origins, &cfg.allowed_hosts, cfg.listen),
+        in_flight: Arc::new(Semaphore::new(cfg.max_concurrent_requests)),
+    });
+    let ready_gw = gw.clone();
+    Router::new()
+        .route(
+            "/mcp/{server}",
+            post(handlers::post_single)
+                .get(handlers::get_single)
+                .delete(handlers::delete_single)
+                .fallback(handlers::method_not_allowed),
+        )
+        .route(
+            "/mcp",
+            post(handlers::post_aggregate)
+                .get(handlers::get_aggregate)
+                .delete(handlers::delete_aggregate)
+                .fallback(handlers::method_not_allowed),
+        )
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let gw = ready_gw.clone();
+                async move {
+                    if gw.ready() {
+                        (StatusCode::OK, "ready")
+                    } else {
+                        (StatusCode::SERVICE_UNAVAILABLE, "starting")
+                    }
+                }
+            }),
+        )
+        .fallback(|| async {
+            hygiene::json_error(
+                StatusCode::NOT_FOUND,
+                palisade_wire::codes::INVALID_REQUEST,
+                "not found",
+            )
+        })
+        .with_state(gw)
+        .layer(axum::middleware::from_fn_with_state(hygiene, hygiene::layer))
+}
+
+/// Serves until `stop` is cancelled.
+pub async fn serve(gw: Arc<Gateway>, listener: TcpListener, stop: CancellationToken) -> std::io::Result<()> {
+    let header_timeout = Duration::from_millis(gw.config.server.header_timeout_ms);
+    let router = build_router(gw.clone());
+    let conns = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let sweeper = {
+        let gw = gw.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(10));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => gw.sweep().await,
+                    () = stop.cancelled() => return,
+                }
+            }
+        })
+    };
+    loop {
+        let permit = tokio::select! {
+            p = conns.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+            () = stop.cancelled() => break,
+        };
+        let (socket, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = stop.cancelled() => break,
+        };
+        let _ = socket.set_nodelay(true);
+        let service = TowerToHyperService::new(router.clone());
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let mut builder = auto::Builder::new(TokioExecutor::new());
+            builder
+                .http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_timeout)
+                .max_buf_size(64 * 1024);
+            builder.http2().timer(TokioTimer::new()).max_concurrent_streams(256);
+            let conn = builder.serve_connection(TokioIo::new(socket), service);
+            tokio::pin!(conn);
+            tokio::select! {
+                r = conn.as_mut() => {
+                    if let Err(e) = r {
+                        tracing::debug!(%peer, error = %e, "connection ended with error");
+                    }
+                }
+                () = stop.cancelled() => {}
+            }
+        });
+    }
+    sweeper.abort();
+    gw.shutdown().await;
+    Ok(())
+}

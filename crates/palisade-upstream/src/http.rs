@@ -1,0 +1,306 @@
+//! A remote Streamable HTTP MCP server.
+//!
+//! Every hop is built from scratch: no header of the client's request is
+//! forwarded (in particular not `Authorization`, M5). The gateway sets the
+//! upstream's own session id, protocol version and credential headers.
+
+use std::pin::Pin;
+use std::time::Duration;
+
+use futures_util::{Stream, StreamExt};
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use palisade_config::HttpConfig;
+use palisade_wire::{Limits, Message, parse_message};
+
+use crate::UpstreamError;
+use crate::sse::{SseDecoder, SseEvent};
+
+/// A stream of messages from an SSE response.
+pub type MessageStream = Pin<Box<dyn Stream<Item = Result<Message, UpstreamError>> + Send>>;
+
+/// What the upstream answered to a POST.
+pub enum Reply {
+    /// 202: a notification or response was accepted.
+    Accepted,
+    /// A single JSON message.
+    Message(Message),
+    /// An SSE stream of messages (related requests and notifications, then the response).
+    Stream(MessageStream),
+}
+
+/// An upstream reply with the session id the upstream assigned, if any.
+pub struct Answer {
+    pub reply: Reply,
+    pub session_id: Option<String>,
+}
+
+/// A client for one remote upstream.
+#[derive(Debug, Clone)]
+pub struct HttpUpstream {
+    name: String,
+    url: reqwest::Url,
+    client: reqwest::Client,
+    /// The gateway's own credential headers for this upstream. Values are secret.
+    credentials: HeaderMap,
+    limits: Limits,
+}
+
+const SESSION_HEADER: &str = "mcp-session-id";
+const VERSION_HEADER: &str = "mcp-protocol-version";
+
+impl HttpUpstream {
+    /// Builds the client; credential headers are read from the environment now,
+    /// so a missing secret fails at start, not on the first call.
+    pub fn new(name: &str, cfg: &HttpConfig, limits: Limits) -> Result<Self, String> {
+        let url = reqwest::Url::parse(&cfg.url).map_err(|e| format!("upstreams.{name}.url: {e}"))?;
+        let mut credentials = HeaderMap::new();
+        for (header, source) in &cfg.headers {
+            let hname = HeaderName::from_bytes(header.as_bytes())
+                .map_err(|_| format!("upstreams.{name}.headers: invalid header name {header:?}"))?;
+            let value = std::env::var(&source.env).map_err(|_| {
+                format!(
+                    "upstreams.{name}.headers.{header}: environment variable {} is not set",
+                    source.env
+                )
+            })?;
+            let mut hv = HeaderValue::from_str(&value)
+                .map_err(|_| format!("upstreams.{name}.headers.{header}: value is not a valid header value"))?;
+            hv.set_sensitive(true);
+            credentials.insert(hname, hv);
+        }
+        let mut builder = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(Duration::from_millis(cfg.connect_timeout_ms))
+            .pool_idle_timeout(Duration::from_secs(90))
+            .user_agent(concat!("palisade/", env!("CARGO_PKG_VERSION")))
+            .no_proxy();
+        if let Some(path) = &cfg.ca_file {
+            let pem = std::fs::read(path)
+                .map_err(|e| format!("upstreams.{name}.ca_file: cannot read {}: {e}", path.display()))?;
+            let certs =
+                reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| format!("upstreams.{name}.ca_file: {e}"))?;
+            builder = if cfg.only_custom_ca {
+                builder.tls_certs_only(certs)
+            } else {
+                builder.tls_certs_merge(certs)
+            };
+        }
+        let client = builder.build().map_err(|e| format!("upstreams.{name}: {e}"))?;
+        Ok(HttpUpstream {
+            name: name.to_owned(),
+            url,
+            client,
+            credentials,
+            limits,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn headers(&self, session: Option<&str>, version: Option<&str>) -> Result<HeaderMap, UpstreamError> {
+        let mut h = self.credentials.clone();
+        if let Some(s) = session {
+            h.insert(
+                SESSION_HEADER,
+                HeaderValue::from_str(s).map_err(|_| UpstreamError::Protocol("bad upstream session id".into()))?,
+            );
+        }
+        if let Some(v) = version {
+            h.insert(
+                VERSION_HEADER,
+                HeaderValue::from_str(v).map_err(|_| UpstreamError::Protocol("bad version".into()))?,
+            );
+        }
+        Ok(h)
+    }
+
+    /// POSTs one message. `extra` carries headers the gateway derived and
+    /// validated itself (e.g. `Mcp-Method` for stateless requests).
+    pub async fn post(
+        &self,
+        msg: &Message,
+        session: Option<&str>,
+        version: Option<&str>,
+        extra: &[(HeaderName, HeaderValue)],
+        timeout: Duration,
+    ) -> Result<Answer, UpstreamError> {
+        let mut headers = self.headers(session, version)?;
+        for (k, v) in extra {
+            headers.insert(k.clone(), v.clone());
+        }
+        let req = self
+            .client
+            .post(self.url.clone())
+            .headers(headers)
+            .header(http::header::ACCEPT, "application/json, text/event-stream")
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(msg.to_bytes());
+        let resp = tokio::time::timeout(timeout, req.send())
+            .await
+            .map_err(|_| UpstreamError::Timeout)?
+            .map_err(|e| UpstreamError::Unavailable(redact(&e)))?;
+        let status = resp.status();
+        let session_id = resp
+            .headers()
+            .get(SESSION_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .filter(|s| !s.is_empty() && s.len() <= 1024 && s.bytes().all(|b| (0x21..=0x7e).contains(&b)))
+            .map(str::to_owned);
+        if status == StatusCode::NOT_FOUND && session.is_some() {
+            return Err(UpstreamError::SessionExpired);
+        }
+        if status == StatusCode::ACCEPTED {
+            return Ok(Answer {
+                reply: Reply::Accepted,
+                session_id,
+            });
+        }
+        let ctype = resp
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_ascii_lowercase();
+        if ctype.starts_with("text/event-stream") && status.is_success() {
+            return Ok(Answer {
+                reply: Reply::Stream(self.sse(resp)),
+                session_id,
+            });
+        }
+        if ctype.starts_with("application/json") {
+            // Error statuses may still carry a JSON-RPC error for the request.
+            let body = read_limited(resp, self.limits.max_bytes, timeout).await?;
+            return match parse_message(&body, &self.limits) {
+                Ok(m) => Ok(Answer {
+                    reply: Reply::Message(m),
+                    session_id,
+                }),
+                Err(_) if !status.is_success() => Err(UpstreamError::Status(status.as_u16())),
+                Err(e) => Err(UpstreamError::Protocol(format!("invalid JSON-RPC from upstream: {e}"))),
+            };
+        }
+        if !status.is_success() {
+            return Err(UpstreamError::Status(status.as_u16()));
+        }
+        Err(UpstreamError::Protocol(format!("unexpected content type {ctype:?}")))
+    }
+
+    /// Opens the standalone GET stream. `Ok(None)` if the upstream offers none (405).
+    pub async fn listen(
+        &self,
+        session: Option<&str>,
+        version: Option<&str>,
+    ) -> Result<Option<MessageStream>, UpstreamError> {
+        let headers = self.headers(session, version)?;
+        let resp = self
+            .client
+            .get(self.url.clone())
+            .headers(headers)
+            .header(http::header::ACCEPT, "text/event-stream")
+            .send()
+            .await
+            .map_err(|e| UpstreamError::Unavailable(redact(&e)))?;
+        match resp.status() {
+            StatusCode::METHOD_NOT_ALLOWED => Ok(None),
+            StatusCode::NOT_FOUND => Err(UpstreamError::SessionExpired),
+            s if s.is_success() => Ok(Some(self.sse(resp))),
+            s => Err(UpstreamError::Status(s.as_u16())),
+        }
+    }
+
+    /// Ends the upstream session (DELETE); errors are only logged by callers.
+    pub async fn delete(&self, session: &str, version: Option<&str>) -> Result<(), UpstreamError> {
+        let headers = self.headers(Some(session), version)?;
+        let resp = tokio::time::timeout(
+            Duration::from_secs(5),
+            self.client.delete(self.url.clone()).headers(headers).send(),
+        )
+        .await
+        .map_err(|_| UpstreamError::Timeout)?
+        .map_err(|e| UpstreamError::Unavailable(redact(&e)))?;
+        match resp.status() {
+            s if s.is_success() || s == StatusCode::METHOD_NOT_ALLOWED || s == StatusCode::NOT_FOUND => Ok(()),
+            s => Err(UpstreamError::Status(s.as_u16())),
+        }
+    }
+
+    fn sse(&self, resp: reqwest::Response) -> MessageStream {
+        let limits = self.limits;
+        let name = self.name.clone();
+        let mut decoder = SseDecoder::new(limits.max_bytes.saturating_add(4096));
+        let bytes = resp.bytes_stream();
+        let s = bytes
+            .map(move |chunk| -> Vec<Result<Message, UpstreamError>> {
+                let chunk = match chunk {
+                    Ok(c) => c,
+                    Err(e) => return vec![Err(UpstreamError::Unavailable(redact(&e)))],
+                };
+                let mut events: Vec<SseEvent> = Vec::new();
+                if let Err(e) = decoder.feed(&chunk, &mut events) {
+                    return vec![Err(UpstreamError::Protocol(e.to_string()))];
+                }
+                events
+                    .into_iter()
+                    .filter(|e| !e.data.trim().is_empty())
+                    .filter(|e| e.event.as_deref().is_none_or(|t| t == "message"))
+                    .filter_map(|e| match parse_message(e.data.as_bytes(), &limits) {
+                        Ok(m) => Some(Ok(m)),
+                        Err(err) => {
+                            tracing::warn!(upstream = %name, error = %err, "invalid SSE message from upstream dropped");
+                            None
+                        }
+                    })
+                    .collect()
+            })
+            .flat_map(futures_util::stream::iter);
+        Box::pin(s)
+    }
+}
+
+async fn read_limited(resp: reqwest::Response, limit: usize, timeout: Duration) -> Result<Vec<u8>, UpstreamError> {
+    if resp.content_length().is_some_and(|n| n > limit as u64) {
+        return Err(UpstreamError::Protocol(format!("response exceeds {limit} bytes")));
+    }
+    let mut body = Vec::new();
+    let mut stream = resp.bytes_stream();
+    let read = async {
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| UpstreamError::Unavailable(redact(&e)))?;
+            if body.len() + chunk.len() > limit {
+                return Err(UpstreamError::Protocol(format!("response exceeds {limit} bytes")));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(())
+    };
+    tokio::time::timeout(timeout, read)
+        .await
+        .map_err(|_| UpstreamError::Timeout)??;
+    Ok(body)
+}
+
+/// Error text without the URL's query (which could carry secrets).
+fn redact(e: &reqwest::Error) -> String {
+    let kind = if e.is_connect() {
+        "connection failed"
+    } else if e.is_timeout() {
+        "timed out"
+    } else if e.is_body() || e.is_decode() {
+        "body error"
+    } else {
+        "request failed"
+    };
+    let mut source = String::new();
+    let mut cur: Option<&dyn std::error::Error> = std::error::Error::source(e);
+    while let Some(s) = cur {
+        source = s.to_string();
+        cur = s.source();
+    }
+    if source.is_empty() {
+        kind.to_owned()
+    } else {
+        format!("{kind}: {source}")
+    }
+}

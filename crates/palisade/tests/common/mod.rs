@@ -1,0 +1,223 @@
+//! Test harness: runs the real `palisade` binary as a child process.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+pub const ACCEPT: &str = "application/json, text/event-stream";
+
+/// A running gateway; killed on drop.
+pub struct Gateway {
+    child: Child,
+    pub base: String,
+    _dir: PathBuf,
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self._dir);
+    }
+}
+
+pub fn palisade_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_palisade")
+}
+
+pub fn fixture(name: &str) -> String {
+    format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// TOML for a stdio upstream running the bundled demo server.
+pub fn demo_upstream(name: &str, mode: &str) -> String {
+    format!(
+        "[upstreams.{name}]\ntransport = \"stdio\"\ncommand = \"{}\"\nargs = [\"demo-server\"]\nmode = \"{mode}\"\n",
+        palisade_bin()
+    )
+}
+
+/// TOML for a stdio upstream running the misbehaving Python server.
+pub fn bad_upstream(name: &str, mode: &str, extra: &str) -> String {
+    format!(
+        "[upstreams.{name}]\ntransport = \"stdio\"\ncommand = \"python3\"\nargs = [\"{}\", \"{mode}\"]\nrequest_timeout_ms = 3000\nrestart_backoff_initial_ms = 50\n{extra}\n",
+        fixture("bad_server.py")
+    )
+}
+
+impl Gateway {
+    /// Starts `palisade serve` on a free loopback port with the given upstream sections.
+    pub fn start(upstreams: &str) -> Gateway {
+        Gateway::start_with(upstreams, "", &[])
+    }
+
+    pub fn start_with(upstreams: &str, server_extra: &str, env: &[(&str, &str)]) -> Gateway {
+        let dir = std::env::temp_dir().join(format!("palisade-test-{}-{}", std::process::id(), rand_suffix()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let config = format!("[server]\nlisten = \"127.0.0.1:0\"\n{server_extra}\n{upstreams}");
+        let path = dir.join("palisade.toml");
+        std::fs::write(&path, config).expect("write config");
+        let mut cmd = Command::new(palisade_bin());
+        cmd.arg("serve")
+            .arg("--config")
+            .arg(&path)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .env("PALISADE_LOG", "info,palisade=debug");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn palisade");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let mut base = String::new();
+        for line in lines.by_ref() {
+            let line = line.expect("read stdout");
+            if let Some(rest) = line.strip_prefix("palisade listening on ") {
+                base = rest.trim().to_owned();
+                break;
+            }
+        }
+        assert!(!base.is_empty(), "gateway did not report its address");
+        // Keep draining stdout so the child never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Gateway { child, base, _dir: dir }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Waits until `/readyz` says ready.
+    pub async fn wait_ready(&self) {
+        let client = reqwest::Client::new();
+        for _ in 0..200 {
+            if let Ok(r) = client.get(self.url("/readyz")).send().await
+                && r.status().is_success()
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("gateway not ready");
+    }
+}
+
+fn rand_suffix() -> u64 {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    let n = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    (n as u64) ^ u64::from(std::process::id()).rotate_left(17)
+}
+
+/// A response read in full.
+pub struct Resp {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: String,
+}
+
+impl Resp {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+
+    /// Every JSON message in an SSE body, or the JSON body itself.
+    pub fn messages(&self) -> Vec<Value> {
+        let ctype = self.header("content-type").unwrap_or_default();
+        if ctype.starts_with("text/event-stream") {
+            self.body
+                .split("\n\n")
+                .filter_map(|ev| {
+                    let data: Vec<&str> = ev
+                        .lines()
+                        .filter_map(|l| l.strip_prefix("data:"))
+                        .map(str::trim_start)
+                        .collect();
+                    let data = data.join("\n");
+                    (!data.trim().is_empty()).then(|| serde_json::from_str(&data).expect("SSE data is JSON"))
+                })
+                .collect()
+        } else if self.body.is_empty() {
+            Vec::new()
+        } else {
+            vec![self.json()]
+        }
+    }
+
+    /// The final JSON-RPC response among the messages.
+    pub fn response(&self) -> Value {
+        self.messages()
+            .into_iter()
+            .rev()
+            .find(|m| m.get("result").is_some() || m.get("error").is_some())
+            .unwrap_or_else(|| panic!("no response in: {}", self.body))
+    }
+
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned)
+    }
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client")
+}
+
+/// POSTs raw bytes with the given headers.
+pub async fn post_raw(url: &str, body: impl Into<reqwest::Body>, headers: &[(&str, &str)]) -> Resp {
+    let mut req = client().post(url).body(body);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let r = req.send().await.expect("request");
+    let status = r.status().as_u16();
+    let headers = r.headers().clone();
+    let body = r.text().await.unwrap_or_default();
+    Resp { status, headers, body }
+}
+
+/// POSTs a JSON-RPC message within a session with the standard headers.
+pub async fn post(url: &str, session: Option<&str>, msg: &Value) -> Resp {
+    let mut headers = vec![
+        ("content-type", "application/json"),
+        ("accept", ACCEPT),
+        ("mcp-protocol-version", "2025-11-25"),
+    ];
+    if let Some(s) = session {
+        headers.push(("mcp-session-id", s));
+    }
+    post_raw(url, msg.to_string(), &headers).await
+}
+
+/// Runs `initialize` + `notifications/initialized`; returns the session id.
+pub async fn initialize(url: &str) -> String {
+    let init = json!({
+        "jsonrpc": "2.0", "id": 0, "method": "initialize",
+        "params": { "protocolVersion": "2025-11-25", "capabilities": { "sampling": {} }, "clientInfo": { "name": "test", "version": "1" } }
+    });
+    let r = post_raw(
+        url,
+        init.to_string(),
+        &[("content-type", "application/json"), ("accept", ACCEPT)],
+    )
+    .await;
+    assert_eq!(r.status, 200, "initialize failed: {}", r.body);
+    let sid = r.header("mcp-session-id").expect("session id");
+    let note = json!({ "jsonrpc": "2.0", "method": "notifications/initialized" });
+    let n = post(url, Some(&sid), &note).await;
+    assert_eq!(n.status, 202, "{}", n.body);
+    sid
+}
+
+pub fn call(id: u64, tool: &str, args: Value) -> Value {
+    json!({ "jsonrpc": "2.0", "id": id, "method": "tools/call", "params": { "name": tool, "arguments": args } })
+}

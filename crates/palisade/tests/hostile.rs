@@ -1,0 +1,341 @@
+//! Malformed and hostile input from clients and from upstreams.
+
+mod common;
+
+use common::*;
+use serde_json::json;
+
+const JSON_HEADERS: [(&str, &str); 3] = [
+    ("content-type", "application/json"),
+    ("accept", ACCEPT),
+    ("mcp-protocol-version", "2025-11-25"),
+];
+
+async fn with_session(url: &str, sid: &str, body: impl Into<reqwest::Body>) -> Resp {
+    let mut h = JSON_HEADERS.to_vec();
+    h.push(("mcp-session-id", sid));
+    post_raw(url, body, &h).await
+}
+
+#[tokio::test]
+async fn malformed_json_rpc_gets_errors_not_crashes() {
+    let gw = Gateway::start(&demo_upstream("demo", "shared"));
+    gw.wait_ready().await;
+    let url = gw.url("/mcp/demo");
+    let sid = initialize(&url).await;
+    let cases: Vec<(&str, Vec<u8>, u16, i64)> = vec![
+        ("invalid json", b"{not json".to_vec(), 400, -32700),
+        ("empty body", Vec::new(), 400, -32700),
+        (
+            "wrong version",
+            br#"{"jsonrpc":"1.0","id":1,"method":"tools/list"}"#.to_vec(),
+            400,
+            -32600,
+        ),
+        ("no version", br#"{"id":1,"method":"tools/list"}"#.to_vec(), 400, -32600),
+        (
+            "batch",
+            br#"[{"jsonrpc":"2.0","id":1,"method":"tools/list"}]"#.to_vec(),
+            400,
+            -32600,
+        ),
+        (
+            "null id",
+            br#"{"jsonrpc":"2.0","id":null,"method":"tools/list"}"#.to_vec(),
+            400,
+            -32600,
+        ),
+        (
+            "object id",
+            br#"{"jsonrpc":"2.0","id":{"a":1},"method":"tools/list"}"#.to_vec(),
+            400,
+            -32600,
+        ),
+        ("scalar", b"42".to_vec(), 400, -32600),
+        (
+            "invalid utf-8",
+            b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/\xff\"}".to_vec(),
+            400,
+            -32700,
+        ),
+        (
+            "duplicate key",
+            br#"{"jsonrpc":"2.0","id":1,"method":"tools/list","method":"tools/call"}"#.to_vec(),
+            400,
+            -32600,
+        ),
+    ];
+    for (what, body, status, code) in cases {
+        let r = with_session(&url, &sid, body).await;
+        assert_eq!(r.status, status, "{what}: {}", r.body);
+        assert_eq!(r.json()["error"]["code"], code, "{what}: {}", r.body);
+    }
+    // The session still works afterwards.
+    let r = with_session(&url, &sid, call(9, "echo", json!({"text": "alive"})).to_string()).await;
+    assert_eq!(r.response()["result"]["content"][0]["text"], "alive");
+}
+
+#[tokio::test]
+async fn oversized_and_deeply_nested_bodies_are_refused() {
+    let gw = Gateway::start_with(
+        &demo_upstream("demo", "shared"),
+        "max_body_bytes = 65536\nmax_json_depth = 16\n",
+        &[],
+    );
+    gw.wait_ready().await;
+    let url = gw.url("/mcp/demo");
+    let sid = initialize(&url).await;
+    let huge = format!(
+        r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"echo","arguments":{{"text":"{}"}}}}}}"#,
+        "a".repeat(200_000)
+    );
+    let r = with_session(&url, &sid, huge).await;
+    assert_eq!(r.status, 413, "{}", r.body);
+    let deep = format!(
+        r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"echo","arguments":{}1{}}}}}"#,
+        "[".repeat(5000),
+        "]".repeat(5000)
+    );
+    let r = with_session(&url, &sid, deep).await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.json()["error"]["message"].as_str().unwrap().contains("depth"));
+    // A body that claims a huge length but is small is still read safely.
+    let r = with_session(&url, &sid, call(2, "echo", json!({"text": "ok"})).to_string()).await;
+    assert_eq!(r.status, 200);
+}
+
+#[tokio::test]
+async fn transport_headers_are_checked() {
+    let gw = Gateway::start(&demo_upstream("demo", "shared"));
+    gw.wait_ready().await;
+    let url = gw.url("/mcp/demo");
+    let init = json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}).to_string();
+    // Accept must list both types.
+    let r = post_raw(
+        &url,
+        init.clone(),
+        &[("content-type", "application/json"), ("accept", "application/json")],
+    )
+    .await;
+    assert_eq!(r.status, 406);
+    // Content-Type must be JSON.
+    let r = post_raw(
+        &url,
+        init.clone(),
+        &[("content-type", "text/plain"), ("accept", ACCEPT)],
+    )
+    .await;
+    assert_eq!(r.status, 415);
+    // DNS rebinding: a foreign Origin or Host is refused (403), before anything else runs.
+    let r = post_raw(
+        &url,
+        init.clone(),
+        &[
+            ("content-type", "application/json"),
+            ("accept", ACCEPT),
+            ("origin", "https://evil.example"),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, 403);
+    assert!(r.header("mcp-session-id").is_none());
+    let r = post_raw(
+        &url,
+        init.clone(),
+        &[
+            ("content-type", "application/json"),
+            ("accept", ACCEPT),
+            ("host", "evil.example"),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, 403);
+    // A loopback page may call a loopback gateway.
+    let r = post_raw(
+        &url,
+        init.clone(),
+        &[
+            ("content-type", "application/json"),
+            ("accept", ACCEPT),
+            ("origin", "http://localhost:6274"),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    // initialize must not carry a session id.
+    let r = post_raw(
+        &url,
+        init,
+        &[
+            ("content-type", "application/json"),
+            ("accept", ACCEPT),
+            ("mcp-session-id", "ps1.AAAA"),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, 400);
+    // Unknown HTTP methods on the endpoint.
+    let r = client().put(&url).body("{}").send().await.unwrap();
+    assert_eq!(r.status(), 405);
+    // GET needs text/event-stream.
+    let r = client()
+        .get(&url)
+        .header("accept", "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 406);
+}
+
+#[tokio::test]
+async fn unknown_session_and_responses_to_unknown_requests() {
+    let gw = Gateway::start(&demo_upstream("demo", "shared"));
+    gw.wait_ready().await;
+    let url = gw.url("/mcp/demo");
+    for junk in ["ps1.AAAA", "not-a-session", &"x".repeat(5000), "ps1.!!!!"] {
+        let r = with_session(&url, junk, call(1, "echo", json!({"text": "x"})).to_string()).await;
+        assert_eq!(r.status, 404, "{junk}");
+    }
+    let sid = initialize(&url).await;
+    // A response the gateway never asked for is refused and not forwarded.
+    let r = with_session(&url, &sid, json!({"jsonrpc":"2.0","id":12345,"result":{}}).to_string()).await;
+    assert_eq!(r.status, 400);
+    // Reusing an id that is still in flight is refused.
+    let url2 = url.clone();
+    let sid2 = sid.clone();
+    let slow =
+        tokio::spawn(
+            async move { with_session(&url2, &sid2, call(77, "countdown", json!({"n": 10})).to_string()).await },
+        );
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let r = with_session(&url, &sid, call(77, "echo", json!({"text": "dup"})).to_string()).await;
+    assert_eq!(r.response()["error"]["code"], -32600, "{}", r.body);
+    let done = slow.await.unwrap();
+    assert_eq!(done.response()["result"]["content"][0]["text"], "liftoff");
+}
+
+#[tokio::test]
+async fn upstream_garbage_on_stdout_is_dropped() {
+    let gw = Gateway::start(&bad_upstream("bad", "garbage", ""));
+    gw.wait_ready().await;
+    let url = gw.url("/mcp/bad");
+    let sid = initialize(&url).await;
+    let r = with_session(&url, &sid, call(1, "probe", json!({})).to_string()).await;
+    assert_eq!(r.response()["result"]["content"][0]["text"], "probe-ok", "{}", r.body);
+    let r = with_session(&url, &sid, call(2, "probe", json!({})).to_string()).await;
+    assert_eq!(r.response()["id"], 2);
+}
+
+#[tokio::test]
+async fn upstream_answering_with_foreign_ids_cannot_confuse_clients() {
+    let gw = Gateway::start(&bad_upstream("bad", "ids", ""));
+    gw.wait_ready().await;
+    let url = gw.url("/mcp/bad");
+    let sid = initialize(&url).await;
+    let r = with_session(&url, &sid, call(1, "probe", json!({})).to_string()).await;
+    let msgs = r.messages();
+    assert!(!r.body.contains("FOREIGN"), "{}", r.body);
+    assert_eq!(msgs.last().unwrap()["result"]["content"][0]["text"], "probe-ok");
+}
+
+#[tokio::test]
+async fn upstream_that_dies_mid_call_fails_the_call_and_restarts() {
+    let gw = Gateway::start(&bad_upstream("bad", "die", ""));
+    gw.wait_ready().await;
+    let url = gw.url("/mcp/bad");
+    let sid = initialize(&url).await;
+    let r = with_session(&url, &sid, call(1, "probe", json!({})).to_string()).await;
+    assert_eq!(r.response()["id"], 1);
+    assert_eq!(r.response()["error"]["code"], -32001, "{}", r.body);
+    // The supervisor restarts it: listing works again.
+    let mut ok = false;
+    for i in 0..100 {
+        let r = with_session(
+            &url,
+            &sid,
+            json!({"jsonrpc":"2.0","id":100 + i,"method":"tools/list"}).to_string(),
+        )
+        .await;
+        if r.response().get("result").is_some() {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(ok, "upstream was not restarted");
+}
+
+#[tokio::test]
+async fn upstream_that_never_answers_times_out_with_an_error() {
+    let gw = Gateway::start(&bad_upstream("bad", "hang", ""));
+    gw.wait_ready().await;
+    let url = gw.url("/mcp/bad");
+    let sid = initialize(&url).await;
+    let r = with_session(&url, &sid, call(1, "probe", json!({})).to_string()).await;
+    assert_eq!(r.response()["id"], 1);
+    assert_eq!(r.response()["error"]["code"], -32001);
+    assert!(
+        r.response()["error"]["message"].as_str().unwrap().contains("timed out"),
+        "{}",
+        r.body
+    );
+}
+
+#[tokio::test]
+async fn stdio_environment_is_cleared() {
+    let gw = Gateway::start_with(
+        &bad_upstream("bad", "env", "env = { DECLARED = \"yes\" }"),
+        "",
+        &[
+            ("PALISADE_TEST_SECRET", "must-not-leak"),
+            ("AWS_SECRET_ACCESS_KEY", "nope"),
+        ],
+    );
+    gw.wait_ready().await;
+    let url = gw.url("/mcp/bad");
+    let sid = initialize(&url).await;
+    let r = with_session(&url, &sid, call(1, "env", json!({})).to_string()).await;
+    let text = r.response()["result"]["content"][0]["text"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let env: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(env["DECLARED"], "yes");
+    assert!(env.get("PALISADE_TEST_SECRET").is_none(), "{text}");
+    assert!(env.get("AWS_SECRET_ACCESS_KEY").is_none(), "{text}");
+    assert!(env.get("HOME").is_none(), "{text}");
+}
+
+#[tokio::test]
+async fn overload_is_shed_with_retry_after() {
+    let gw = Gateway::start_with(&demo_upstream("demo", "shared"), "max_concurrent_requests = 1\n", &[]);
+    gw.wait_ready().await;
+    let url = gw.url("/mcp/demo");
+    let sid = initialize(&url).await;
+    // Hold the only slot with a slow body upload, then try another request.
+    let (sender, body) = {
+        let (s, r) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(1);
+        (s, reqwest::Body::wrap_stream(tokio_stream_from(r)))
+    };
+    let url2 = url.clone();
+    let sid2 = sid.clone();
+    let held = tokio::spawn(async move { with_session(&url2, &sid2, body).await });
+    sender.send(Ok(b"{\"jsonrpc\":\"2.0\",".to_vec())).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let r = with_session(&url, &sid, call(2, "echo", json!({"text": "x"})).to_string()).await;
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert_eq!(r.header("retry-after").as_deref(), Some("1"));
+    sender
+        .send(Ok(b"\"id\":1,\"method\":\"ping\"}".to_vec()))
+        .await
+        .unwrap();
+    drop(sender);
+    let held = held.await.unwrap();
+    assert_eq!(held.status, 200, "{}", held.body);
+}
+
+fn tokio_stream_from(
+    mut r: tokio::sync::mpsc::Receiver<Result<Vec<u8>, std::io::Error>>,
+) -> impl futures_util::Stream<Item = Result<Vec<u8>, std::io::Error>> {
+    futures_util::stream::poll_fn(move |cx| r.poll_recv(cx))
+}
