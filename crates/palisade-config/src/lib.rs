@@ -39,6 +39,9 @@ pub struct ServerConfig {
     pub aggregate: bool,
     /// Protocol revisions accepted; `2025-03-26` only if listed here.
     pub protocol_versions: Vec<String>,
+    /// Within a session, `MCP-Protocol-Version` must equal the negotiated version
+    /// (the spec says SHOULD). Off: any accepted session-based version is allowed.
+    pub require_negotiated_version: bool,
     pub max_body_bytes: usize,
     pub max_json_depth: usize,
     pub max_string_bytes: usize,
@@ -65,6 +68,7 @@ impl Default for ServerConfig {
             allowed_hosts: Vec::new(),
             aggregate: true,
             protocol_versions: vec!["2025-06-18".into(), "2025-11-25".into(), "2026-07-28".into()],
+            require_negotiated_version: true,
             max_body_bytes: 4 * 1024 * 1024,
             max_json_depth: 64,
             max_string_bytes: 1024 * 1024,

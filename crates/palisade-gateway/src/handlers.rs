@@ -272,8 +272,10 @@ fn check_version_header(gw: &Gateway, headers: &HeaderMap, record: &SessionRecor
         }
         return bad("missing MCP-Protocol-Version header");
     };
+    let strict = gw.config.server.require_negotiated_version;
     match ProtocolVersion::parse(v) {
         Some(p) if gw.supports(p) && p.as_str() == record.version => Ok(()),
+        Some(p) if gw.supports(p) && !strict && !p.is_stateless() => Ok(()),
         Some(p) if gw.supports(p) => bad("MCP-Protocol-Version does not match the negotiated version"),
         _ => bad("unsupported MCP-Protocol-Version"),
     }
