@@ -569,12 +569,17 @@ pub fn spawn_stdio_dispatcher(
 ) {
     tokio::spawn(async move {
         let link = Link::Stdio {
-            conn,
+            conn: conn.clone(),
             dedicated: dedicated.is_some(),
         };
         while let Some(ev) = events.recv().await {
+            if let StdioEvent::Response(msg) = ev {
+                conn.resolve(msg);
+                continue;
+            }
             let Some(gw) = gw.upgrade() else { return };
             match ev {
+                StdioEvent::Response(_) => {}
                 StdioEvent::Message(msg) => {
                     let session = dedicated.as_deref().and_then(|sid| gw.session(sid));
                     if dedicated.is_some() && session.is_none() {

@@ -45,6 +45,11 @@ pub struct Ready {
 pub enum Event {
     /// A request or notification from the server.
     Message(Message),
+    /// A response to a request sent with [`StdioConnection::request`]. It travels
+    /// through the event queue, behind the notifications that preceded it, so a
+    /// request's progress is always relayed before its answer. Hand it to
+    /// [`StdioConnection::resolve`].
+    Response(Message),
     /// The process exited; every pending request has been failed.
     Down { reason: String },
     /// A new process finished its handshake.
@@ -207,10 +212,27 @@ impl StdioConnection {
         }
     }
 
+    /// Completes the pending request a response answers (see [`Event::Response`]).
+    pub fn resolve(&self, msg: Message) {
+        resolve_pending(&self.pending, &self.name, msg);
+    }
+
     fn lock_pending(&self) -> Result<std::sync::MutexGuard<'_, Pending>, UpstreamError> {
         self.pending
             .lock()
             .map_err(|_| UpstreamError::Unavailable("internal state poisoned".into()))
+    }
+}
+
+fn resolve_pending(pending: &Mutex<Pending>, name: &str, msg: Message) {
+    let key = msg.id.as_ref().map(|i| i.as_str().to_owned()).unwrap_or_default();
+    let waiter = pending.lock().ok().and_then(|mut p| p.remove(&key));
+    match waiter {
+        Some(tx) => {
+            let _ = tx.send(msg);
+        }
+        // A response to a request the gateway did not send or already gave up on.
+        None => tracing::debug!(upstream = %name, id = %key, "unmatched response dropped"),
     }
 }
 
@@ -430,19 +452,15 @@ impl Supervisor {
             }
         };
         match msg.kind() {
-            Kind::Response | Kind::Error => {
-                let key = msg.id.as_ref().map(|i| i.as_str().to_owned()).unwrap_or_default();
-                let waiter = self.pending.lock().ok().and_then(|mut p| p.remove(&key));
-                match waiter {
-                    Some(tx) => {
-                        let _ = tx.send(msg);
-                    }
-                    None => {
-                        // A response to a request the gateway did not send or already gave up on.
-                        tracing::debug!(upstream = %self.spec.name, id = %key, "unmatched response dropped");
-                    }
+            Kind::Response | Kind::Error => match self.events.try_send(Event::Response(msg)) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(Event::Response(msg))) => {
+                    // Never leave a caller hanging; order is lost only under overload.
+                    tracing::warn!(upstream = %self.spec.name, "event queue full; response delivered out of order");
+                    resolve_pending(&self.pending, &self.spec.name, msg);
                 }
-            }
+                Err(_) => {}
+            },
             Kind::Request | Kind::Notification => {
                 if self.events.try_send(Event::Message(msg)).is_err() {
                     tracing::warn!(upstream = %self.spec.name, "event queue full; server message dropped");
