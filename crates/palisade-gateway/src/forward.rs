@@ -348,9 +348,16 @@ pub async fn forward(
         Err(e) => {
             tracing::warn!(upstream = %upstream, method = %method, error = %e, "upstream request failed");
             if e == UpstreamError::SessionExpired {
-                let gw2 = gw.clone();
-                let s2 = sess.clone();
-                tokio::spawn(async move { gw2.end_session(&s2).await });
+                if sess.stateless {
+                    // The gateway's own upstream session is gone: open a new one next time.
+                    if let crate::gateway::UpstreamKind::Http { stateless, .. } = &handle.kind {
+                        *stateless.lock().await = None;
+                    }
+                } else {
+                    let gw2 = gw.clone();
+                    let s2 = sess.clone();
+                    tokio::spawn(async move { gw2.end_session(&s2).await });
+                }
             }
             if let UpstreamError::Timeout = e
                 && let Link::Http { .. } = &link

@@ -245,6 +245,11 @@ impl Gateway {
 
     /// Ends a session: revokes its token, closes streams and upstream sessions.
     pub async fn end_session(&self, sess: &Arc<LiveSession>) {
+        if sess.stateless {
+            // A per-request context: its links are the gateway's own, shared ones.
+            sess.close_local();
+            return;
+        }
         self.revoked.revoke(&sess.sid, sess.exp);
         if let Ok(mut m) = self.sessions.lock() {
             m.remove(&sess.sid);
@@ -418,15 +423,27 @@ fn relay_notification(
             } else if let Some(s) = session {
                 s.standalone.push(bytes);
             } else if method == "notifications/message" {
-                // Log lines from a shared process belong to whoever it is serving now.
-                match latest_inflight(gw, upstream) {
+                // A log line from a shared process goes to the one session it is
+                // serving; when several are in flight nobody can tell, so it is dropped.
+                match sole_inflight(gw, upstream) {
                     Some(f) => {
                         f.stream.push(bytes);
                     }
-                    None => tracing::debug!(upstream, "log notification with no session dropped"),
+                    None => tracing::debug!(upstream, "log notification with no unambiguous session dropped"),
+                }
+            } else if method == "notifications/resources/updated" {
+                // Only to sessions that subscribed to that resource.
+                let uri = msg
+                    .params_as::<serde_json::Map<String, Value>>()
+                    .and_then(|p| p.get("uri").and_then(Value::as_str).map(str::to_owned));
+                let Some(uri) = uri else { return };
+                for s in sessions_on(gw, upstream) {
+                    if s.is_subscribed(&uri) {
+                        s.standalone.push(bytes.clone());
+                    }
                 }
             } else {
-                // Server-wide news (list_changed, resources/updated): every session on it.
+                // Server-wide news (list_changed): every session on it.
                 for s in sessions_on(gw, upstream) {
                     s.standalone.push(bytes.clone());
                 }
@@ -453,18 +470,19 @@ fn relay_server_request(
     let (sess, stream) = match (via, session) {
         (Some(v), _) => (v.session.clone(), v.stream.clone()),
         (None, Some(s)) => (s.clone(), s.standalone.clone()),
-        (None, None) => match latest_inflight(gw, upstream) {
+        (None, None) => match sole_inflight(gw, upstream) {
             Some(f) => {
                 inferred = f;
                 (inferred.session.clone(), inferred.stream.clone())
             }
             None => {
+                // Fail closed: never guess which user a shared process is asking.
                 answer_upstream(
                     link,
                     Message::error(
                         Some(original),
                         codes::INTERNAL_ERROR,
-                        "no client session to relay this request to",
+                        "no single client session to relay this request to (shared stdio process)",
                         None,
                     ),
                 );
@@ -537,12 +555,22 @@ pub fn answer_upstream(link: &Link, msg: Message) {
     }
 }
 
-fn latest_inflight(gw: &Gateway, upstream: &str) -> Option<Inflight> {
+/// The latest request in flight on a shared upstream, if every request in
+/// flight there belongs to one session; `None` when it is ambiguous or idle.
+fn sole_inflight(gw: &Gateway, upstream: &str) -> Option<Inflight> {
     let m = gw.inflight.lock().ok()?;
-    m.iter()
-        .filter(|(_, f)| f.upstream == upstream && !f.session.stateless)
-        .max_by_key(|(k, _)| **k)
-        .map(|(_, f)| f.clone())
+    let mut candidates = m.iter().filter(|(_, f)| f.upstream == upstream);
+    let (first_id, first) = candidates.next()?;
+    let mut best = (*first_id, first);
+    for (id, f) in candidates {
+        if f.session.sid != first.session.sid {
+            return None;
+        }
+        if *id > best.0 {
+            best = (*id, f);
+        }
+    }
+    (!best.1.session.stateless).then(|| best.1.clone())
 }
 
 fn sessions_on(gw: &Gateway, upstream: &str) -> Vec<Arc<LiveSession>> {

@@ -663,6 +663,7 @@ pub async fn handle_request(gw: Arc<Gateway>, sess: Arc<LiveSession>, msg: Messa
         return respond_from_stream(&gw, &sess, stream, None).await;
     }
     let params = msg.params.clone();
+    record_subscription(&sess, &msg);
     match plan(&gw, &sess, msg) {
         Plan::Forward { upstream, msg } => {
             if let Ok(mut m) = sess.requests.lock() {
@@ -708,6 +709,32 @@ pub async fn handle_request(gw: Arc<Gateway>, sess: Arc<LiveSession>, msg: Messa
         None
     };
     respond_from_stream(&gw, &sess, stream, guard).await
+}
+
+/// Tracks `resources/subscribe` so updates from a shared process reach only subscribers.
+fn record_subscription(sess: &LiveSession, msg: &Message) {
+    let (subscribe, unsubscribe) = (
+        msg.method() == "resources/subscribe",
+        msg.method() == "resources/unsubscribe",
+    );
+    if !(subscribe || unsubscribe) {
+        return;
+    }
+    let Some(uri) = msg
+        .params_as::<Map<String, Value>>()
+        .and_then(|p| p.get("uri")?.as_str().map(str::to_owned))
+    else {
+        return;
+    };
+    if let Ok(mut s) = sess.subscriptions.lock() {
+        if subscribe {
+            if s.len() < 1024 {
+                s.insert(uri);
+            }
+        } else {
+            s.remove(&uri);
+        }
+    }
 }
 
 #[derive(serde::Deserialize)]

@@ -31,7 +31,8 @@ impl OriginPolicy {
     }
 
     /// `None` if the request may proceed, else why not.
-    pub fn check(&self, headers: &HeaderMap) -> Option<&'static str> {
+    /// `authority` is the request URI's authority (HTTP/2 `:authority`), used when `Host` is absent.
+    pub fn check(&self, headers: &HeaderMap, authority: Option<&str>) -> Option<&'static str> {
         if let Some(origin) = headers.get(header::ORIGIN) {
             let Ok(origin) = origin.to_str() else {
                 return Some("invalid Origin header");
@@ -40,12 +41,19 @@ impl OriginPolicy {
                 return Some("Origin not allowed");
             }
         }
-        let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+        let host = match headers.get(header::HOST) {
+            Some(h) => match h.to_str() {
+                Ok(h) => Some(h),
+                Err(_) => return Some("invalid Host header"),
+            },
+            None => authority,
+        };
         match host {
             Some(h) if self.host_allowed(&h.to_ascii_lowercase()) => None,
             Some(_) => Some("Host not allowed"),
-            // HTTP/2 requests carry :authority instead; hyper maps it into the URI.
-            None => None,
+            // Neither Host nor :authority: only acceptable when any host is.
+            None if self.allowed_hosts.is_empty() && !self.loopback => None,
+            None => Some("missing Host"),
         }
     }
 
@@ -99,7 +107,8 @@ pub struct Hygiene {
 
 /// Origin/Host check, overload shedding, and security headers on every response.
 pub async fn layer(State(h): State<Arc<Hygiene>>, req: Request, next: Next) -> Response {
-    let mut resp = if let Some(why) = h.policy.check(req.headers()) {
+    let authority = req.uri().authority().map(|a| a.as_str().to_owned());
+    let mut resp = if let Some(why) = h.policy.check(req.headers(), authority.as_deref()) {
         tracing::warn!(reason = why, "request refused by origin policy");
         json_error(StatusCode::FORBIDDEN, codes::FORBIDDEN, why)
     } else {
@@ -156,34 +165,48 @@ mod tests {
         h
     }
 
+    impl OriginPolicy {
+        fn check_h(&self, h: &HeaderMap) -> Option<&'static str> {
+            self.check(h, None)
+        }
+    }
+
+    #[test]
+    fn authority_stands_in_for_host() {
+        let p = OriginPolicy::new(&[], &[], "127.0.0.1:8787".parse().unwrap());
+        assert_eq!(p.check(&HeaderMap::new(), Some("127.0.0.1:8787")), None);
+        assert!(p.check(&HeaderMap::new(), Some("evil.example")).is_some());
+        assert!(p.check(&HeaderMap::new(), None).is_some());
+    }
+
     #[test]
     fn loopback_defaults() {
         let p = OriginPolicy::new(&[], &[], "127.0.0.1:8787".parse().unwrap());
-        assert_eq!(p.check(&headers(&[("host", "127.0.0.1:8787")])), None);
+        assert_eq!(p.check_h(&headers(&[("host", "127.0.0.1:8787")])), None);
         assert_eq!(
-            p.check(&headers(&[
+            p.check_h(&headers(&[
                 ("host", "localhost:8787"),
                 ("origin", "http://localhost:3000")
             ])),
             None
         );
-        assert_eq!(p.check(&headers(&[("host", "[::1]:8787")])), None);
-        assert!(p.check(&headers(&[("host", "evil.example:8787")])).is_some());
+        assert_eq!(p.check_h(&headers(&[("host", "[::1]:8787")])), None);
+        assert!(p.check_h(&headers(&[("host", "evil.example:8787")])).is_some());
         assert!(
-            p.check(&headers(&[
+            p.check_h(&headers(&[
                 ("host", "127.0.0.1:8787"),
                 ("origin", "https://evil.example")
             ]))
             .is_some()
         );
         assert!(
-            p.check(&headers(&[("host", "127.0.0.1"), ("origin", "null")]))
+            p.check_h(&headers(&[("host", "127.0.0.1"), ("origin", "null")]))
                 .is_some()
         );
         // A DNS name that merely starts with a loopback literal.
-        assert!(p.check(&headers(&[("host", "127.0.0.1.evil.example")])).is_some());
+        assert!(p.check_h(&headers(&[("host", "127.0.0.1.evil.example")])).is_some());
         assert!(
-            p.check(&headers(&[
+            p.check_h(&headers(&[
                 ("host", "localhost"),
                 ("origin", "http://localhost.evil.example")
             ]))
@@ -199,19 +222,19 @@ mod tests {
             "0.0.0.0:443".parse().unwrap(),
         );
         assert_eq!(
-            p.check(&headers(&[
+            p.check_h(&headers(&[
                 ("host", "mcp.example.com"),
                 ("origin", "https://app.example.com")
             ])),
             None
         );
         assert!(
-            p.check(&headers(&[
+            p.check_h(&headers(&[
                 ("host", "mcp.example.com"),
                 ("origin", "http://localhost:1")
             ]))
             .is_some()
         );
-        assert!(p.check(&headers(&[("host", "other.example.com")])).is_some());
+        assert!(p.check_h(&headers(&[("host", "other.example.com")])).is_some());
     }
 }

@@ -121,6 +121,8 @@ pub struct LiveSession {
     pub requests: Mutex<HashMap<String, ClientRequest>>,
     /// Aggregate endpoint: resource URI → upstream, learned from list results.
     pub resource_routes: Mutex<HashMap<String, String>>,
+    /// Resource URIs this session subscribed to (for updates from shared processes).
+    pub subscriptions: Mutex<std::collections::HashSet<String>>,
     /// Background tasks (upstream GET streams) ended with the session.
     pub tasks: Mutex<Vec<AbortHandle>>,
     /// A transient session for one stateless (2026-07-28) request.
@@ -157,6 +159,7 @@ impl LiveSession {
             next_stream: AtomicU64::new(1),
             requests: Mutex::new(HashMap::new()),
             resource_routes: Mutex::new(HashMap::new()),
+            subscriptions: Mutex::new(std::collections::HashSet::new()),
             tasks: Mutex::new(Vec::new()),
             stateless,
             replay_cap,
@@ -184,6 +187,10 @@ impl LiveSession {
             m.insert(id, s.clone());
         }
         s
+    }
+
+    pub fn is_subscribed(&self, uri: &str) -> bool {
+        self.subscriptions.lock().map(|s| s.contains(uri)).unwrap_or(false)
     }
 
     pub fn stream(&self, id: u64) -> Option<Arc<StreamBuf>> {

@@ -339,3 +339,124 @@ fn tokio_stream_from(
 ) -> impl futures_util::Stream<Item = Result<Vec<u8>, std::io::Error>> {
     futures_util::stream::poll_fn(move |cx| r.poll_recv(cx))
 }
+
+/// Reads an SSE response incrementally, answering server requests with `answer`.
+async fn drive_sse(
+    url: &str,
+    sid: &str,
+    msg: &serde_json::Value,
+    answer: impl Fn(&serde_json::Value) -> Option<serde_json::Value>,
+) -> Vec<serde_json::Value> {
+    let mut resp = client()
+        .post(url)
+        .header("content-type", "application/json")
+        .header("accept", ACCEPT)
+        .header("mcp-protocol-version", "2025-11-25")
+        .header("mcp-session-id", sid)
+        .body(msg.to_string())
+        .send()
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    let mut buf = String::new();
+    while let Some(chunk) = resp.chunk().await.unwrap() {
+        buf.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = buf.find("\n\n") {
+            let event: String = buf.drain(..end + 2).collect();
+            let data: String = event.lines().filter_map(|l| l.strip_prefix("data: ")).collect();
+            if data.trim().is_empty() {
+                continue;
+            }
+            let v: serde_json::Value = serde_json::from_str(&data).unwrap();
+            if v.get("method").is_some()
+                && v.get("id").is_some()
+                && let Some(reply) = answer(&v)
+            {
+                let r = post(url, Some(sid), &reply).await;
+                assert_eq!(r.status, 202, "{}", r.body);
+            }
+            seen.push(v);
+        }
+    }
+    if seen.is_empty() && !buf.trim().is_empty() {
+        seen.push(serde_json::from_str(buf.trim()).unwrap());
+    }
+    seen
+}
+
+#[tokio::test]
+async fn shared_process_never_guesses_which_user_to_ask() {
+    let fixture = std::path::PathBuf::from(palisade_bin()).with_file_name("palisade-testserver");
+    let up = format!(
+        "[upstreams.shared]\ntransport = \"stdio\"\ncommand = \"{}\"\nargs = [\"stdio\"]\nmode = \"shared\"\n",
+        fixture.display()
+    );
+    let gw = Gateway::start(&up);
+    gw.wait_ready().await;
+    let url = gw.url("/mcp/shared");
+    let alice = initialize(&url).await;
+    let bob = initialize(&url).await;
+    let sampling = |v: &serde_json::Value| {
+        (v["method"] == "sampling/createMessage").then(|| {
+            json!({"jsonrpc":"2.0","id":v["id"].clone(),"result":{"model":"m","role":"assistant","content":{"type":"text","text":"answer"}}})
+        })
+    };
+    // Alice has a long call in flight on the shared process.
+    let (u2, a2) = (url.clone(), alice.clone());
+    let alice_call =
+        tokio::spawn(async move { drive_sse(&u2, &a2, &call(1, "slow", json!({"ms": 1500})), |_| None).await });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // Bob's tool asks for sampling while both are active: nobody is asked.
+    let bob_msgs = drive_sse(&url, &bob, &call(2, "test_sampling", json!({"prompt": "p"})), sampling).await;
+    assert!(
+        !bob_msgs.iter().any(|m| m["method"] == "sampling/createMessage"),
+        "{bob_msgs:?}"
+    );
+    let last = bob_msgs.last().unwrap();
+    assert_eq!(last["id"], 2);
+    assert!(last.to_string().to_lowercase().contains("error"), "{last}");
+    let alice_msgs = alice_call.await.unwrap();
+    assert!(
+        !alice_msgs.iter().any(|m| m["method"] == "sampling/createMessage"),
+        "{alice_msgs:?}"
+    );
+    assert_eq!(
+        alice_msgs.last().unwrap()["result"]["content"][0]["text"],
+        "slept 1500 ms"
+    );
+    // With only Bob active, his request reaches him and completes.
+    let bob_msgs = drive_sse(&url, &bob, &call(3, "test_sampling", json!({"prompt": "p"})), sampling).await;
+    assert!(
+        bob_msgs.iter().any(|m| m["method"] == "sampling/createMessage"),
+        "{bob_msgs:?}"
+    );
+    assert!(bob_msgs.last().unwrap().to_string().contains("answer"), "{bob_msgs:?}");
+}
+
+#[tokio::test]
+async fn client_cancellation_reaches_the_upstream_and_ends_the_stream() {
+    let gw = Gateway::start(&bad_upstream("bad", "hang", ""));
+    gw.wait_ready().await;
+    let url = gw.url("/mcp/bad");
+    let sid = initialize(&url).await;
+    let (u2, s2) = (url.clone(), sid.clone());
+    let pending = tokio::spawn(async move { with_session(&u2, &s2, call(41, "probe", json!({})).to_string()).await });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let note = json!({"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":41,"reason":"user"}});
+    assert_eq!(post(&url, Some(&sid), &note).await.status, 202);
+    let r = pending.await.unwrap();
+    // No response for a cancelled request, and the stream ended well before the 3 s upstream timeout.
+    assert!(
+        !r.messages()
+            .iter()
+            .any(|m| m.get("result").is_some() || m.get("error").is_some()),
+        "{}",
+        r.body
+    );
+    let r = with_session(&url, &sid, call(42, "cancelled", json!({})).to_string()).await;
+    let ids: Vec<serde_json::Value> =
+        serde_json::from_str(r.response()["result"]["content"][0]["text"].as_str().unwrap()).unwrap();
+    assert_eq!(ids.len(), 1, "upstream saw cancellations {ids:?}");
+    // The upstream saw the gateway's own id, not the client's.
+    assert_ne!(ids[0], json!(41));
+}
