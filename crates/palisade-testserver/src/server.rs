@@ -514,7 +514,9 @@ impl TestServer {
             {
                 return Ok(tool_error(format!("could not close SSE stream: {e}")));
             }
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            // Answer only after a client that honours `retry` (500 ms) is back:
+            // rmcp delivers to a live resumed stream, it does not replay this one.
+            tokio::time::sleep(Duration::from_millis(1200)).await;
         }
         Ok(text_result("Reconnection test completed successfully"))
     }

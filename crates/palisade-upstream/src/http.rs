@@ -165,7 +165,7 @@ impl HttpUpstream {
             .to_ascii_lowercase();
         if ctype.starts_with("text/event-stream") && status.is_success() {
             return Ok(Answer {
-                reply: Reply::Stream(self.sse(resp)),
+                reply: Reply::Stream(self.sse(resp, session, version)),
                 session_id,
             });
         }
@@ -205,7 +205,7 @@ impl HttpUpstream {
         match resp.status() {
             StatusCode::METHOD_NOT_ALLOWED => Ok(None),
             StatusCode::NOT_FOUND => Err(UpstreamError::SessionExpired),
-            s if s.is_success() => Ok(Some(self.sse(resp))),
+            s if s.is_success() => Ok(Some(self.sse(resp, session, version))),
             s => Err(UpstreamError::Status(s.as_u16())),
         }
     }
@@ -226,36 +226,132 @@ impl HttpUpstream {
         }
     }
 
-    fn sse(&self, resp: reqwest::Response) -> MessageStream {
-        let limits = self.limits;
-        let name = self.name.clone();
-        let mut decoder = SseDecoder::new(limits.max_bytes.saturating_add(4096));
-        let bytes = resp.bytes_stream();
-        let s = bytes
-            .map(move |chunk| -> Vec<Result<Message, UpstreamError>> {
-                let chunk = match chunk {
-                    Ok(c) => c,
-                    Err(e) => return vec![Err(UpstreamError::Unavailable(redact(&e)))],
-                };
-                let mut events: Vec<SseEvent> = Vec::new();
-                if let Err(e) = decoder.feed(&chunk, &mut events) {
-                    return vec![Err(UpstreamError::Protocol(e.to_string()))];
+    /// Follows an SSE response. When the upstream closes the connection before
+    /// the consumer is done (2025-11-25 polling, or a dropped connection), the
+    /// stream resumes with `GET` + `Last-Event-ID` after the upstream's `retry`
+    /// delay; a stream that never carried an event id ends instead. The
+    /// consumer ends it by dropping it once it has what it waited for.
+    fn sse(&self, resp: reqwest::Response, session: Option<&str>, version: Option<&str>) -> MessageStream {
+        let state = SseState {
+            up: self.clone(),
+            session: session.map(str::to_owned),
+            version: version.map(str::to_owned),
+            body: Some(Box::pin(resp.bytes_stream())),
+            decoder: SseDecoder::new(self.limits.max_bytes.saturating_add(4096)),
+            queue: std::collections::VecDeque::new(),
+            last_id: None,
+            retry_ms: 1_000,
+            reconnects: 0,
+        };
+        Box::pin(futures_util::stream::unfold(state, |mut st| async move {
+            loop {
+                if let Some(item) = st.queue.pop_front() {
+                    return Some((item, st));
                 }
-                events
-                    .into_iter()
-                    .filter(|e| !e.data.trim().is_empty())
-                    .filter(|e| e.event.as_deref().is_none_or(|t| t == "message"))
-                    .filter_map(|e| match parse_message(e.data.as_bytes(), &limits) {
-                        Ok(m) => Some(Ok(m)),
-                        Err(err) => {
-                            tracing::warn!(upstream = %name, error = %err, "invalid SSE message from upstream dropped");
-                            None
+                if let Some(body) = st.body.as_mut() {
+                    match body.next().await {
+                        Some(Ok(chunk)) => st.feed(&chunk),
+                        Some(Err(e)) => {
+                            tracing::debug!(upstream = %st.up.name, error = %redact(&e), "upstream SSE connection broke");
+                            st.body = None;
                         }
-                    })
-                    .collect()
-            })
-            .flat_map(futures_util::stream::iter);
-        Box::pin(s)
+                        None => st.body = None,
+                    }
+                    continue;
+                }
+                // The connection is gone: resume if the stream can be named.
+                let last = st.last_id.clone()?;
+                st.reconnects += 1;
+                if st.reconnects > MAX_RECONNECTS {
+                    tracing::warn!(upstream = %st.up.name, "upstream SSE stream abandoned after repeated reconnects");
+                    return None;
+                }
+                tokio::time::sleep(Duration::from_millis(st.retry_ms.min(MAX_RETRY_MS))).await;
+                match st.up.resume(st.session.as_deref(), st.version.as_deref(), &last).await {
+                    Ok(resp) => st.body = Some(Box::pin(resp.bytes_stream())),
+                    Err(e) => {
+                        tracing::debug!(upstream = %st.up.name, error = %e, "upstream SSE resumption failed");
+                        return Some((Err(e), SseState { last_id: None, ..st }));
+                    }
+                }
+            }
+        }))
+    }
+
+    /// `GET` with `Last-Event-ID` to continue a stream.
+    async fn resume(
+        &self,
+        session: Option<&str>,
+        version: Option<&str>,
+        last_id: &str,
+    ) -> Result<reqwest::Response, UpstreamError> {
+        let mut headers = self.headers(session, version)?;
+        headers.insert(
+            "last-event-id",
+            HeaderValue::from_str(last_id).map_err(|_| UpstreamError::Protocol("bad event id".into()))?,
+        );
+        let resp = self
+            .client
+            .get(self.url.clone())
+            .headers(headers)
+            .header(http::header::ACCEPT, "text/event-stream")
+            .send()
+            .await
+            .map_err(|e| UpstreamError::Unavailable(redact(&e)))?;
+        match resp.status() {
+            s if s.is_success() => Ok(resp),
+            StatusCode::NOT_FOUND => Err(UpstreamError::SessionExpired),
+            s => Err(UpstreamError::Status(s.as_u16())),
+        }
+    }
+}
+
+/// Reconnections of one stream without a new event in between.
+const MAX_RECONNECTS: u32 = 5;
+/// Upper bound on an upstream's `retry` hint.
+const MAX_RETRY_MS: u64 = 30_000;
+
+type ByteStream = Pin<Box<dyn Stream<Item = Result<bytes::Bytes, reqwest::Error>> + Send>>;
+
+struct SseState {
+    up: HttpUpstream,
+    session: Option<String>,
+    version: Option<String>,
+    body: Option<ByteStream>,
+    decoder: SseDecoder,
+    queue: std::collections::VecDeque<Result<Message, UpstreamError>>,
+    last_id: Option<String>,
+    retry_ms: u64,
+    reconnects: u32,
+}
+
+impl SseState {
+    fn feed(&mut self, chunk: &[u8]) {
+        let mut events: Vec<SseEvent> = Vec::new();
+        if let Err(e) = self.decoder.feed(chunk, &mut events) {
+            self.queue.push_back(Err(UpstreamError::Protocol(e.to_string())));
+            self.body = None;
+            self.last_id = None;
+            return;
+        }
+        for e in events {
+            if let Some(id) = e.id {
+                self.last_id = Some(id);
+                self.reconnects = 0;
+            }
+            if let Some(r) = e.retry {
+                self.retry_ms = r;
+            }
+            if e.data.trim().is_empty() || e.event.as_deref().is_some_and(|t| t != "message") {
+                continue;
+            }
+            match parse_message(e.data.as_bytes(), &self.up.limits) {
+                Ok(m) => self.queue.push_back(Ok(m)),
+                Err(err) => {
+                    tracing::warn!(upstream = %self.up.name, error = %err, "invalid SSE message from upstream dropped");
+                }
+            }
+        }
     }
 }
 

@@ -225,6 +225,25 @@ async fn rmcp_client_through_gateway_to_rmcp_server_over_stdio_and_http() {
 }
 
 #[tokio::test]
+async fn upstream_that_closes_its_sse_stream_mid_call_is_resumed() {
+    // The fixture's test_reconnection closes the POST stream after the priming
+    // event (2025-11-25 polling); the gateway must resume with Last-Event-ID.
+    let (_fixture, fixture_url) = start_http_fixture();
+    let gw = Gateway::start(&upstreams(&fixture_url));
+    gw.wait_ready().await;
+    let client = TestClient::default()
+        .serve(StreamableHttpClientTransport::from_uri(gw.url("/mcp/fixture-http")))
+        .await
+        .expect("connect");
+    let r = client
+        .call_tool(CallToolRequestParams::new("test_reconnection"))
+        .await
+        .expect("test_reconnection through the gateway");
+    assert_eq!(text_of(&r), "Reconnection test completed successfully");
+    client.cancel().await.expect("close");
+}
+
+#[tokio::test]
 async fn rmcp_client_through_gateway_to_server_everything_over_stdio() {
     if everything_entry().is_none() {
         eprintln!("skipped: run `npm ci` in tests/node to install server-everything");
