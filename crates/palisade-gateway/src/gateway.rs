@@ -259,19 +259,7 @@ impl Gateway {
             s.retain(|_, r| r.sid != sess.sid);
         }
         for link in sess.links.values() {
-            match link {
-                Link::Stdio { conn, dedicated: true } => conn.shutdown().await,
-                Link::Http {
-                    up,
-                    session: Some(s),
-                    version,
-                } => {
-                    if let Err(e) = up.delete(s, Some(version)).await {
-                        tracing::debug!(upstream = up.name(), error = %e, "upstream DELETE failed");
-                    }
-                }
-                _ => {}
-            }
+            close_link(link).await;
         }
     }
 
@@ -312,6 +300,68 @@ impl Gateway {
             }
         }
     }
+}
+
+/// Releases what a link holds for one session: its own process or upstream session.
+pub async fn close_link(link: &Link) {
+    match link {
+        Link::Stdio { conn, dedicated: true } => conn.shutdown().await,
+        Link::Http {
+            up,
+            session: Some(s),
+            version,
+        } => {
+            if let Err(e) = up.delete(s, Some(version)).await {
+                tracing::debug!(upstream = up.name(), error = %e, "upstream DELETE failed");
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Opens an upstream session on an HTTP upstream: `initialize` with `params`,
+/// then `notifications/initialized`. Returns the link and the InitializeResult.
+pub async fn init_http(
+    gw: &Gateway,
+    client: &Arc<HttpUpstream>,
+    params: Box<RawValue>,
+    version: ProtocolVersion,
+) -> Result<(Link, Value), String> {
+    let init = Message::request(Id::number(gw.next_id()), "initialize", Some(params));
+    let probe = Link::Http {
+        up: client.clone(),
+        session: None,
+        version: version.as_str().to_owned(),
+    };
+    let (resp, upstream_sid) = call_link(&probe, &init, Duration::from_secs(30))
+        .await
+        .map_err(|e| e.to_string())?;
+    if let Some(err) = resp.error_object() {
+        return Err(format!("initialize refused: {}", err.message));
+    }
+    let result: Value = resp.result_as().ok_or("initialize without result")?;
+    let upstream_version = result
+        .get("protocolVersion")
+        .and_then(Value::as_str)
+        .unwrap_or(version.as_str())
+        .to_owned();
+    let note = Message::notification("notifications/initialized", None);
+    client
+        .post(
+            &note,
+            upstream_sid.as_deref(),
+            Some(&upstream_version),
+            &[],
+            Duration::from_secs(10),
+        )
+        .await
+        .map_err(|e| format!("initialized notification: {e}"))?;
+    let link = Link::Http {
+        up: client.clone(),
+        session: upstream_sid,
+        version: upstream_version,
+    };
+    Ok((link, result))
 }
 
 /// A short, non-reversible tag for a session id in logs.

@@ -14,12 +14,14 @@ use http_body_util::BodyExt;
 use palisade_session::{Principal, SessionError, SessionRecord, unix};
 use palisade_upstream::stdio::{StdioConnection, StdioSpec};
 use palisade_wire::version::ProtocolVersion;
-use palisade_wire::{DecodeError, Id, Kind, Message, codes, parse_message};
+use palisade_wire::{DecodeError, Kind, Message, codes, parse_message};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::forward::{Plan, cancel_notice, fan_out, forward, plan};
-use crate::gateway::{Gateway, UpstreamKind, answer_upstream, call_link, digest, relay_from_server, to_raw};
+use crate::gateway::{
+    Gateway, UpstreamKind, answer_upstream, close_link, digest, init_http, relay_from_server, to_raw,
+};
 use crate::hygiene::json_error;
 use crate::session::{ClientCaps, ClientRequest, Link, LiveSession, Route};
 use crate::sse::{StreamGuard, respond_from_stream, sse_response};
@@ -549,55 +551,13 @@ async fn connect(
                 }
             }
         }
-        UpstreamKind::Http { client, .. } => {
-            let init = Message::request(Id::number(gw.next_id()), "initialize", Some(client_params.to_owned()));
-            let link = Link::Http {
-                up: client.clone(),
-                session: None,
-                version: version.as_str().to_owned(),
-            };
-            let (resp, upstream_sid) = call_link(&link, &init, Duration::from_secs(30))
-                .await
-                .map_err(|e| e.to_string())?;
-            if let Some(err) = resp.error_object() {
-                return Err(format!("initialize refused: {}", err.message));
-            }
-            let result: Value = resp.result_as().ok_or("initialize without result")?;
-            let upstream_version = result
-                .get("protocolVersion")
-                .and_then(Value::as_str)
-                .unwrap_or(version.as_str())
-                .to_owned();
-            let link = Link::Http {
-                up: client.clone(),
-                session: upstream_sid,
-                version: upstream_version,
-            };
-            let Link::Http { up, session, version } = &link else {
-                unreachable!()
-            };
-            let note = Message::notification("notifications/initialized", None);
-            up.post(&note, session.as_deref(), Some(version), &[], Duration::from_secs(10))
-                .await
-                .map_err(|e| format!("initialized notification: {e}"))?;
-            Ok((link, result))
-        }
+        UpstreamKind::Http { client, .. } => init_http(gw, client, client_params.to_owned(), version).await,
     }
 }
 
 async fn close_links(links: &HashMap<String, Link>) {
     for link in links.values() {
-        match link {
-            Link::Stdio { conn, dedicated: true } => conn.shutdown().await,
-            Link::Http {
-                up,
-                session: Some(s),
-                version,
-            } => {
-                let _ = up.delete(s, Some(version)).await;
-            }
-            _ => {}
-        }
+        close_link(link).await;
     }
 }
 
@@ -834,17 +794,15 @@ async fn get(gw: Arc<Gateway>, route: Route, headers: HeaderMap) -> Response {
                 };
                 return sse_response(&gw, &sess, stream, seq + 1, false, None);
             }
-            if sess.standalone_attached.swap(true, Ordering::AcqRel) {
-                return json_error(
-                    StatusCode::CONFLICT,
-                    codes::INVALID_REQUEST,
-                    "a GET stream is already open for this session",
-                );
-            }
-            let guard = StreamGuard::standalone(&sess);
-            return sse_response(&gw, &sess, sess.standalone.clone(), seq + 1, true, Some(guard));
+            return attach_standalone(&gw, &sess, seq + 1);
         }
     }
+    let from = sess.standalone_cursor.load(Ordering::Acquire);
+    attach_standalone(&gw, &sess, from)
+}
+
+/// The session's one standalone GET stream, from sequence `from`; 409 if taken.
+fn attach_standalone(gw: &Arc<Gateway>, sess: &Arc<LiveSession>, from: u64) -> Response {
     if sess.standalone_attached.swap(true, Ordering::AcqRel) {
         return json_error(
             StatusCode::CONFLICT,
@@ -852,9 +810,8 @@ async fn get(gw: Arc<Gateway>, route: Route, headers: HeaderMap) -> Response {
             "a GET stream is already open for this session",
         );
     }
-    let guard = StreamGuard::standalone(&sess);
-    let from = sess.standalone_cursor.load(Ordering::Acquire);
-    sse_response(&gw, &sess, sess.standalone.clone(), from, true, Some(guard))
+    let guard = StreamGuard::standalone(sess);
+    sse_response(gw, sess, sess.standalone.clone(), from, true, Some(guard))
 }
 
 async fn delete(gw: Arc<Gateway>, route: Route, headers: HeaderMap) -> Response {

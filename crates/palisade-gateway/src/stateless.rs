@@ -20,7 +20,7 @@ use palisade_wire::version::ProtocolVersion;
 use palisade_wire::{Id, Kind, Message, codes};
 use serde_json::{Map, Value};
 
-use crate::gateway::{Gateway, UpstreamKind, call_link, gateway_init_params, to_raw};
+use crate::gateway::{Gateway, UpstreamKind, gateway_init_params, init_http, to_raw};
 use crate::handlers::{VERSION_HEADER, handle_request, json_message, merge_results};
 use crate::hygiene::json_error;
 use crate::session::{ClientCaps, Link, LiveSession, Route};
@@ -247,36 +247,7 @@ async fn stateless_links(gw: &Arc<Gateway>, route: &Route) -> Result<HashMap<Str
                     (link.clone(), v.clone())
                 } else {
                     let version = gw.latest_stateful();
-                    let probe = Link::Http {
-                        up: client.clone(),
-                        session: None,
-                        version: version.as_str().to_owned(),
-                    };
-                    let init = Message::request(
-                        Id::number(gw.next_id()),
-                        "initialize",
-                        Some(gateway_init_params(version)),
-                    );
-                    let (resp, upstream_sid) = call_link(&probe, &init, Duration::from_secs(30))
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    let v: Value = resp.result_as().ok_or("upstream refused initialize")?;
-                    let uv = v
-                        .get("protocolVersion")
-                        .and_then(Value::as_str)
-                        .unwrap_or(version.as_str())
-                        .to_owned();
-                    let link = Link::Http {
-                        up: client.clone(),
-                        session: upstream_sid,
-                        version: uv,
-                    };
-                    if let Link::Http { up, session, version } = &link {
-                        let note = Message::notification("notifications/initialized", None);
-                        let _ = up
-                            .post(&note, session.as_deref(), Some(version), &[], Duration::from_secs(10))
-                            .await;
-                    }
+                    let (link, v) = init_http(gw, client, gateway_init_params(version), version).await?;
                     *slot = Some((link.clone(), v.clone()));
                     (link, v)
                 }
