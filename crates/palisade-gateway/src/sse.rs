@@ -94,23 +94,30 @@ pub async fn respond_from_stream(
     };
     let _ = tokio::time::timeout(JSON_WAIT, wait).await;
     if let Some(bytes) = stream.sole_response() {
-        let status = if sess.stateless && is_method_not_found(&bytes) {
+        let code = error_code(&bytes);
+        let status = match code {
             // 2026-07-28: an unknown method is a 404 with -32601.
-            StatusCode::NOT_FOUND
-        } else {
-            StatusCode::OK
+            Some(codes::METHOD_NOT_FOUND) if sess.stateless => StatusCode::NOT_FOUND,
+            // Shed load visibly, so clients and balancers back off (R4).
+            Some(codes::OVERLOADED) => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::OK,
         };
         drop(guard);
-        return (status, [(header::CONTENT_TYPE, "application/json")], Body::from(bytes)).into_response();
+        let mut resp = (status, [(header::CONTENT_TYPE, "application/json")], Body::from(bytes)).into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        return resp;
     }
     sse_response(gw, sess, stream, 1, false, guard)
 }
 
-fn is_method_not_found(bytes: &[u8]) -> bool {
+fn error_code(bytes: &[u8]) -> Option<i64> {
     parse_message(bytes, &Limits::default())
         .ok()
         .and_then(|m| m.error_object())
-        .is_some_and(|e| e.code == codes::METHOD_NOT_FOUND)
+        .map(|e| e.code)
 }
 
 struct State {

@@ -460,3 +460,24 @@ async fn client_cancellation_reaches_the_upstream_and_ends_the_stream() {
     // The upstream saw the gateway's own id, not the client's.
     assert_ne!(ids[0], json!(41));
 }
+
+#[tokio::test]
+async fn upstream_overload_is_503_with_retry_after() {
+    let up = format!("{}max_in_flight = 1\n", demo_upstream("demo", "shared"));
+    let gw = Gateway::start(&up);
+    gw.wait_ready().await;
+    let url = gw.url("/mcp/demo");
+    let sid = initialize(&url).await;
+    let (u2, s2) = (url.clone(), sid.clone());
+    let busy =
+        tokio::spawn(async move { with_session(&u2, &s2, call(1, "countdown", json!({"n": 10})).to_string()).await });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let r = with_session(&url, &sid, call(2, "echo", json!({"text": "x"})).to_string()).await;
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert_eq!(r.header("retry-after").as_deref(), Some("1"));
+    assert_eq!(r.json()["error"]["code"], -32003);
+    assert_eq!(
+        busy.await.unwrap().response()["result"]["content"][0]["text"],
+        "liftoff"
+    );
+}

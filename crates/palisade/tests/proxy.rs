@@ -339,3 +339,63 @@ async fn config_check_reports_errors_with_lines() {
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+#[tokio::test]
+async fn a_dropped_sse_stream_resumes_with_last_event_id() {
+    let gw = Gateway::start(&demo_upstream("demo", "shared"));
+    gw.wait_ready().await;
+    let url = gw.url("/mcp/demo");
+    let sid = initialize(&url).await;
+    let mut msg = call(5, "countdown", json!({"n": 6}));
+    msg["params"]["_meta"] = json!({"progressToken": "t"});
+    let mut resp = client()
+        .post(&url)
+        .header("content-type", "application/json")
+        .header("accept", ACCEPT)
+        .header("mcp-protocol-version", "2025-11-25")
+        .header("mcp-session-id", &sid)
+        .body(msg.to_string())
+        .send()
+        .await
+        .unwrap();
+    // Read until the first progress event, remember its id, then hang up.
+    let mut buf = String::new();
+    let last_id = loop {
+        let chunk = resp.chunk().await.unwrap().expect("stream ended early");
+        buf.push_str(&String::from_utf8_lossy(&chunk));
+        let ids: Vec<String> = buf
+            .split("\n\n")
+            .filter(|ev| ev.contains("notifications/progress"))
+            .filter_map(|ev| ev.lines().find_map(|l| l.strip_prefix("id: ")).map(str::to_owned))
+            .collect();
+        if let Some(id) = ids.first() {
+            break id.clone();
+        }
+    };
+    drop(resp);
+    let r = client()
+        .get(&url)
+        .header("accept", "text/event-stream")
+        .header("mcp-protocol-version", "2025-11-25")
+        .header("mcp-session-id", &sid)
+        .header("last-event-id", &last_id)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let body = Resp {
+        status: 200,
+        headers: r.headers().clone(),
+        body: r.text().await.unwrap(),
+    };
+    let msgs = body.messages();
+    let progress: Vec<f64> = msgs
+        .iter()
+        .filter(|m| m["method"] == "notifications/progress")
+        .map(|m| m["params"]["progress"].as_f64().unwrap())
+        .collect();
+    // Everything after the last seen event, nothing before it, then the answer.
+    assert_eq!(progress, vec![2.0, 3.0, 4.0, 5.0, 6.0], "{}", body.body);
+    assert_eq!(body.response()["id"], 5);
+    assert_eq!(body.response()["result"]["content"][0]["text"], "liftoff");
+}
