@@ -79,6 +79,9 @@ pub struct ServerRequest {
     pub method: String,
 }
 
+/// Server-to-client requests awaiting an answer, across all sessions.
+const MAX_SERVER_REQUESTS: usize = 10_000;
+
 /// Everything the gateway shares between requests.
 #[derive(Debug)]
 pub struct Gateway {
@@ -565,6 +568,24 @@ fn relay_server_request(
         return;
     }
     let gw_id = gw.next_id();
+    let full = gw
+        .server_requests
+        .lock()
+        .map(|m| m.len() >= MAX_SERVER_REQUESTS)
+        .unwrap_or(true);
+    if full {
+        // An upstream flooding clients with requests nobody answers must not grow memory.
+        answer_upstream(
+            link,
+            Message::error(
+                Some(original),
+                codes::OVERLOADED,
+                "too many unanswered server requests",
+                None,
+            ),
+        );
+        return;
+    }
     if let Ok(mut m) = gw.server_requests.lock() {
         m.insert(
             gw_id,

@@ -181,6 +181,7 @@ pub fn sse_response(
                 }
                 if st.standalone {
                     st.sess.standalone_cursor.fetch_max(st.cursor, Ordering::AcqRel);
+                    st.sess.touch();
                 }
                 st.finished = batch.done;
                 return Some((Ok(Bytes::from(out)), st));
@@ -191,7 +192,13 @@ pub fn sse_response(
             match tokio::time::timeout(st.keepalive, st.rx.changed()).await {
                 Ok(Ok(())) => continue,
                 Ok(Err(_)) => return None,
-                Err(_) => return Some((Ok(Bytes::from_static(b": keepalive\n\n")), st)),
+                Err(_) => {
+                    // A client listening on its GET stream is not idle.
+                    if st.standalone {
+                        st.sess.touch();
+                    }
+                    return Some((Ok(Bytes::from_static(b": keepalive\n\n")), st));
+                }
             }
         }
     });
