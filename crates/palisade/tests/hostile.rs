@@ -481,3 +481,36 @@ async fn upstream_overload_is_503_with_retry_after() {
         "liftoff"
     );
 }
+
+fn alive(pid: u64) -> bool {
+    // A zombie has exited; only its parent's wait is missing.
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            s.rsplit(')')
+                .next()
+                .is_some_and(|rest| !rest.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(false)
+}
+
+#[tokio::test]
+async fn stopping_the_gateway_kills_a_stubborn_server_and_its_children() {
+    let gw = Gateway::start(&bad_upstream("bad", "stubborn", "shutdown_grace_ms = 1000"));
+    gw.wait_ready().await;
+    let url = gw.url("/mcp/bad");
+    let sid = initialize(&url).await;
+    let r = with_session(&url, &sid, call(1, "pids", json!({})).to_string()).await;
+    let pids: Vec<u64> = serde_json::from_str(r.response()["result"]["content"][0]["text"].as_str().unwrap()).unwrap();
+    assert_eq!(pids.len(), 2);
+    assert!(pids.iter().all(|p| alive(*p)), "{pids:?}");
+    gw.terminate();
+    let mut gone = false;
+    for _ in 0..100 {
+        if pids.iter().all(|p| !alive(*p)) {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(gone, "server or its child survived the gateway: {pids:?}");
+}

@@ -88,6 +88,14 @@ impl Gateway {
         Gateway { child, base, _dir: dir }
     }
 
+    /// Sends SIGTERM (graceful stop) and waits for the gateway to exit.
+    pub fn terminate(&self) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
