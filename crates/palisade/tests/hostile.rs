@@ -207,7 +207,7 @@ async fn unknown_session_and_responses_to_unknown_requests() {
         tokio::spawn(
             async move { with_session(&url2, &sid2, call(77, "countdown", json!({"n": 10})).to_string()).await },
         );
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
     let r = with_session(&url, &sid, call(77, "echo", json!({"text": "dup"})).to_string()).await;
     assert_eq!(r.response()["error"]["code"], -32600, "{}", r.body);
     let done = slow.await.unwrap();
@@ -313,16 +313,25 @@ async fn overload_is_shed_with_retry_after() {
     let url = gw.url("/mcp/demo");
     let sid = initialize(&url).await;
     // Hold the only slot with a slow body upload, then try another request.
-    let (sender, body) = {
-        let (s, r) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(1);
-        (s, reqwest::Body::wrap_stream(tokio_stream_from(r)))
+    // The upload must be in its handler first: wait, and start over if it lost the race.
+    let mut attempt = 0;
+    let (sender, held, r) = loop {
+        attempt += 1;
+        let (sender, body) = {
+            let (s, r) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(1);
+            (s, reqwest::Body::wrap_stream(tokio_stream_from(r)))
+        };
+        let (url2, sid2) = (url.clone(), sid.clone());
+        let held = tokio::spawn(async move { with_session(&url2, &sid2, body).await });
+        sender.send(Ok(b"{\"jsonrpc\":\"2.0\",".to_vec())).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(500 * attempt)).await;
+        assert!(!held.is_finished() || attempt < 5, "the upload never got the slot");
+        if held.is_finished() {
+            continue;
+        }
+        let r = with_session(&url, &sid, call(2, "echo", json!({"text": "x"})).to_string()).await;
+        break (sender, held, r);
     };
-    let url2 = url.clone();
-    let sid2 = sid.clone();
-    let held = tokio::spawn(async move { with_session(&url2, &sid2, body).await });
-    sender.send(Ok(b"{\"jsonrpc\":\"2.0\",".to_vec())).await.unwrap();
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    let r = with_session(&url, &sid, call(2, "echo", json!({"text": "x"})).to_string()).await;
     assert_eq!(r.status, 503, "{}", r.body);
     assert_eq!(r.header("retry-after").as_deref(), Some("1"));
     sender
@@ -404,8 +413,8 @@ async fn shared_process_never_guesses_which_user_to_ask() {
     // Alice has a long call in flight on the shared process.
     let (u2, a2) = (url.clone(), alice.clone());
     let alice_call =
-        tokio::spawn(async move { drive_sse(&u2, &a2, &call(1, "slow", json!({"ms": 1500})), |_| None).await });
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        tokio::spawn(async move { drive_sse(&u2, &a2, &call(1, "slow", json!({"ms": 3000})), |_| None).await });
+    tokio::time::sleep(std::time::Duration::from_millis(800)).await;
     // Bob's tool asks for sampling while both are active: nobody is asked.
     let bob_msgs = drive_sse(&url, &bob, &call(2, "test_sampling", json!({"prompt": "p"})), sampling).await;
     assert!(
@@ -422,7 +431,7 @@ async fn shared_process_never_guesses_which_user_to_ask() {
     );
     assert_eq!(
         alice_msgs.last().unwrap()["result"]["content"][0]["text"],
-        "slept 1500 ms"
+        "slept 3000 ms"
     );
     // With only Bob active, his request reaches him and completes.
     let bob_msgs = drive_sse(&url, &bob, &call(3, "test_sampling", json!({"prompt": "p"})), sampling).await;
@@ -441,7 +450,7 @@ async fn client_cancellation_reaches_the_upstream_and_ends_the_stream() {
     let sid = initialize(&url).await;
     let (u2, s2) = (url.clone(), sid.clone());
     let pending = tokio::spawn(async move { with_session(&u2, &s2, call(41, "probe", json!({})).to_string()).await });
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    tokio::time::sleep(std::time::Duration::from_millis(800)).await;
     let note = json!({"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":41,"reason":"user"}});
     assert_eq!(post(&url, Some(&sid), &note).await.status, 202);
     let r = pending.await.unwrap();
@@ -471,8 +480,15 @@ async fn upstream_overload_is_503_with_retry_after() {
     let (u2, s2) = (url.clone(), sid.clone());
     let busy =
         tokio::spawn(async move { with_session(&u2, &s2, call(1, "countdown", json!({"n": 10})).to_string()).await });
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    let r = with_session(&url, &sid, call(2, "echo", json!({"text": "x"})).to_string()).await;
+    // The countdown holds the only upstream slot once it is forwarded; poll until then.
+    let mut r = with_session(&url, &sid, call(2, "echo", json!({"text": "x"})).to_string()).await;
+    for i in 3..30 {
+        if r.status == 503 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        r = with_session(&url, &sid, call(i, "echo", json!({"text": "x"})).to_string()).await;
+    }
     assert_eq!(r.status, 503, "{}", r.body);
     assert_eq!(r.header("retry-after").as_deref(), Some("1"));
     assert_eq!(r.json()["error"]["code"], -32003);
