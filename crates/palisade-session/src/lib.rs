@@ -434,3 +434,40 @@ mod tests {
         assert!(list.is_empty());
     }
 }
+
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        /// No presented string opens, and none panics.
+        #[test]
+        fn arbitrary_tokens_never_open(token in ".{0,600}", b64 in "[A-Za-z0-9_-]{0,400}") {
+            let s = SessionSealer::new(vec![SessionKey::new("k", &[3u8; 32]).unwrap()], "aud").unwrap();
+            let p = Principal::anonymous();
+            prop_assert!(s.open(&token, &p, "r", SystemTime::now()).is_err());
+            let forged = format!("ps1.{b64}");
+            prop_assert!(s.open(&forged, &p, "r", SystemTime::now()).is_err());
+        }
+
+        /// Flipping any single byte of a real token makes it unusable.
+        #[test]
+        fn any_bit_flip_is_detected(pos in any::<prop::sample::Index>(), bit in 0u8..8) {
+            let s = SessionSealer::new(vec![SessionKey::new("k", &[3u8; 32]).unwrap()], "aud").unwrap();
+            let p = Principal::anonymous();
+            let now = unix(SystemTime::now());
+            let rec = SessionRecord { sid: "00".repeat(16), route: "r".into(), version: "2025-11-25".into(),
+                upstreams: BTreeMap::new(), caps: 0, iat: now, exp: now + 60 };
+            let token = s.seal(&rec, &p).unwrap();
+            let raw = URL_SAFE_NO_PAD.decode(&token[4..]).unwrap();
+            let mut bad = raw.clone();
+            let i = pos.index(bad.len());
+            bad[i] ^= 1 << bit;
+            let forged = format!("ps1.{}", URL_SAFE_NO_PAD.encode(&bad));
+            prop_assert!(s.open(&forged, &p, "r", SystemTime::now()).is_err());
+        }
+    }
+}

@@ -175,3 +175,46 @@ mod tests {
         assert_eq!(e, b"retry: 1000\nid: s1.3\nevent: message\ndata: {}\n\n");
     }
 }
+
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1000))]
+
+        /// Any byte stream, cut anywhere, never panics and never buffers past the limit.
+        #[test]
+        fn arbitrary_streams_stay_bounded(
+            bytes in proptest::collection::vec(any::<u8>(), 0..2048),
+            cut in 1usize..64,
+        ) {
+            let mut d = SseDecoder::new(256);
+            let mut out = Vec::new();
+            for chunk in bytes.chunks(cut) {
+                if d.feed(chunk, &mut out).is_err() {
+                    break;
+                }
+                prop_assert!(d.buf.len() <= 256);
+            }
+            for e in &out {
+                prop_assert!(e.data.len() <= 256);
+            }
+        }
+
+        /// Encoded events decode to the same data, however the bytes are split.
+        #[test]
+        fn encode_decode_round_trip(data in "[a-z0-9{}\":, ]{0,100}", id in "[0-9.]{1,10}", cut in 1usize..32) {
+            let bytes = encode_event(Some(&id), data.as_bytes(), None);
+            let mut d = SseDecoder::new(4096);
+            let mut out = Vec::new();
+            for chunk in bytes.chunks(cut) {
+                d.feed(chunk, &mut out).unwrap();
+            }
+            prop_assert_eq!(out.len(), 1);
+            prop_assert_eq!(&out[0].data, &data);
+            prop_assert_eq!(out[0].id.as_deref(), Some(id.as_str()));
+        }
+    }
+}

@@ -507,3 +507,51 @@ mod tests {
         assert_eq!(Id::number(42).as_str(), "42");
     }
 }
+
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        /// Arbitrary bytes never panic; accepted messages re-encode to valid JSON.
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            if let Ok(m) = parse_message(&bytes, &Limits::default()) {
+                let out = m.to_bytes();
+                prop_assert!(serde_json::from_slice::<serde_json::Value>(&out).is_ok());
+            }
+        }
+
+        /// JSON-shaped input (structural characters and strings) never panics either,
+        /// and nothing deeper than the limit is accepted.
+        #[test]
+        fn json_shaped_input_respects_depth(s in "[\\[\\]{}\",:a-z0-9 ]{0,300}") {
+            let limits = Limits { max_depth: 8, ..Limits::default() };
+            if let Ok(m) = parse_message(s.as_bytes(), &limits) {
+                let v: serde_json::Value = serde_json::from_slice(&m.to_bytes()).unwrap();
+                prop_assert!(depth(&v) <= 8);
+            }
+        }
+
+        /// A valid request round-trips with its id and raw params intact.
+        #[test]
+        fn requests_round_trip(id in any::<i64>(), method in "[a-z/]{1,20}", text in ".{0,40}") {
+            let v = serde_json::json!({"jsonrpc": "2.0", "id": id, "method": method, "params": {"t": text}});
+            let m = parse_message(v.to_string().as_bytes(), &Limits::default()).unwrap();
+            prop_assert_eq!(m.kind(), Kind::Request);
+            let back: serde_json::Value = serde_json::from_slice(&m.to_bytes()).unwrap();
+            prop_assert_eq!(back, v);
+        }
+    }
+
+    fn depth(v: &serde_json::Value) -> usize {
+        match v {
+            serde_json::Value::Array(a) => 1 + a.iter().map(depth).max().unwrap_or(0),
+            serde_json::Value::Object(o) => 1 + o.values().map(depth).max().unwrap_or(0),
+            _ => 0,
+        }
+    }
+}
