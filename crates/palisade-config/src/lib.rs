@@ -214,6 +214,10 @@ pub struct HttpConfig {
     pub ca_file: Option<PathBuf>,
     #[serde(default)]
     pub only_custom_ca: bool,
+    /// SHA-256 fingerprints of the upstream's certificate (hex, or `sha256/<base64>`).
+    /// When set, only these certificates are accepted and CA validation is not used.
+    #[serde(default)]
+    pub pinned_cert_sha256: Vec<String>,
     #[serde(default = "default_connect_timeout")]
     pub connect_timeout_ms: u64,
     /// Allow plain `http://` to a non-loopback host.

@@ -74,6 +74,23 @@ impl HttpUpstream {
             .pool_idle_timeout(Duration::from_secs(90))
             .user_agent(concat!("palisade/", env!("CARGO_PKG_VERSION")))
             .no_proxy();
+        if !cfg.pinned_cert_sha256.is_empty() {
+            if cfg.ca_file.is_some() {
+                return Err(format!(
+                    "upstreams.{name}: set either ca_file or pinned_cert_sha256, not both"
+                ));
+            }
+            if url.scheme() != "https" {
+                return Err(format!("upstreams.{name}.pinned_cert_sha256: the url must be https"));
+            }
+            let pins = cfg
+                .pinned_cert_sha256
+                .iter()
+                .map(|p| crate::pin::parse_pin(p))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| format!("upstreams.{name}.pinned_cert_sha256: {e}"))?;
+            builder = builder.use_preconfigured_tls(crate::pin::pinned_client_config(pins)?);
+        }
         if let Some(path) = &cfg.ca_file {
             let pem = std::fs::read(path)
                 .map_err(|e| format!("upstreams.{name}.ca_file: cannot read {}: {e}", path.display()))?;
