@@ -194,6 +194,11 @@ fn tool_definitions() -> Vec<Value> {
             no_args_schema(),
         ),
         tool(
+            "request_headers",
+            "Returns the HTTP request headers this call arrived with (HTTP transport), as a JSON object",
+            no_args_schema(),
+        ),
+        tool(
             "whoami_env",
             "Returns the value of environment variable `name`, or \"<unset>\"",
             json!({
@@ -465,6 +470,20 @@ impl TestServer {
             }
             "slow" => self.slow(args, &ctx).await,
             "crash" => std::process::exit(CRASH_EXIT_CODE),
+            "request_headers" => {
+                let headers: serde_json::Map<String, Value> = ctx
+                    .extensions
+                    .get::<axum::http::request::Parts>()
+                    .map(|parts| {
+                        parts
+                            .headers
+                            .iter()
+                            .map(|(k, v)| (k.as_str().to_owned(), Value::from(v.to_str().unwrap_or("<binary>"))))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                Ok(text_result(Value::Object(headers).to_string()))
+            }
             "whoami_env" => {
                 let var = arg_str(args, "name")?;
                 Ok(text_result(std::env::var(var).unwrap_or_else(|_| "<unset>".to_owned())))

@@ -310,3 +310,51 @@ async fn rmcp_client_in_stateless_mode_discovers_and_calls() {
     assert_eq!(text_of(&r), "3");
     client.cancel().await.expect("close");
 }
+
+#[tokio::test]
+async fn client_credentials_never_reach_the_upstream_only_the_gateways_own() {
+    // M5: the client's Authorization (and any other header) is not forwarded;
+    // the upstream sees the credential configured for it, from the environment.
+    let (_fixture, fixture_url) = start_http_fixture();
+    let up = format!(
+        "[upstreams.remote]\ntransport = \"http\"\nurl = \"{fixture_url}\"\nheaders = {{ \"X-Upstream-Key\" = {{ env = \"PALISADE_TEST_UPSTREAM_KEY\" }} }}\n"
+    );
+    let gw = Gateway::start_with(&up, "", &[("PALISADE_TEST_UPSTREAM_KEY", "gateway-own-credential")]);
+    gw.wait_ready().await;
+    let url = gw.url("/mcp/remote");
+    let init = json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}});
+    let hostile = [
+        ("content-type", "application/json"),
+        ("accept", ACCEPT),
+        ("authorization", "Bearer client-token-must-not-leak"),
+        ("cookie", "session=client-cookie-must-not-leak"),
+        ("x-forwarded-for", "6.6.6.6"),
+        ("x-upstream-key", "client-forged-key"),
+    ];
+    let r = post_raw(&url, init.to_string(), &hostile).await;
+    let sid = r.header("mcp-session-id").expect("session");
+    let mut h = hostile.to_vec();
+    h.push(("mcp-session-id", &sid));
+    h.push(("mcp-protocol-version", "2025-11-25"));
+    let r = post_raw(&url, call(1, "request_headers", json!({})).to_string(), &h).await;
+    let text = r.response()["result"]["content"][0]["text"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let seen: Value = serde_json::from_str(&text).unwrap();
+    assert!(
+        !text.contains("must-not-leak"),
+        "client secrets reached the upstream: {text}"
+    );
+    assert!(
+        seen.get("authorization").is_none() && seen.get("cookie").is_none(),
+        "{text}"
+    );
+    assert!(seen.get("x-forwarded-for").is_none(), "{text}");
+    assert_eq!(seen["x-upstream-key"], "gateway-own-credential", "{text}");
+    assert_ne!(
+        seen["mcp-session-id"].as_str(),
+        Some(sid.as_str()),
+        "client session id forwarded: {text}"
+    );
+}
