@@ -377,9 +377,11 @@ async fn drive_sse(
                 continue;
             }
             let v: serde_json::Value = serde_json::from_str(&data).unwrap();
+            // `answer` sees every message; only replies to requests are sent.
+            let reply = answer(&v);
             if v.get("method").is_some()
                 && v.get("id").is_some()
-                && let Some(reply) = answer(&v)
+                && let Some(reply) = reply
             {
                 let r = post(url, Some(sid), &reply).await;
                 assert_eq!(r.status, 202, "{}", r.body);
@@ -411,10 +413,23 @@ async fn shared_process_never_guesses_which_user_to_ask() {
         })
     };
     // Alice has a long call in flight on the shared process.
+    // Her first progress event proves the call is in flight upstream.
     let (u2, a2) = (url.clone(), alice.clone());
-    let alice_call =
-        tokio::spawn(async move { drive_sse(&u2, &a2, &call(1, "slow", json!({"ms": 3000})), |_| None).await });
-    tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+    let (in_flight_tx, mut in_flight) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let mut alice_msg = call(1, "slow", json!({"ms": 3000}));
+    alice_msg["params"]["_meta"] = json!({"progressToken": "alice"});
+    let alice_call = tokio::spawn(async move {
+        drive_sse(&u2, &a2, &alice_msg, |v| {
+            if v["method"] == "notifications/progress" {
+                let _ = in_flight_tx.send(());
+            }
+            None
+        })
+        .await
+    });
+    tokio::time::timeout(std::time::Duration::from_secs(20), in_flight.recv())
+        .await
+        .expect("alice's call never started");
     // Bob's tool asks for sampling while both are active: nobody is asked.
     let bob_msgs = drive_sse(&url, &bob, &call(2, "test_sampling", json!({"prompt": "p"})), sampling).await;
     assert!(
@@ -450,7 +465,19 @@ async fn client_cancellation_reaches_the_upstream_and_ends_the_stream() {
     let sid = initialize(&url).await;
     let (u2, s2) = (url.clone(), sid.clone());
     let pending = tokio::spawn(async move { with_session(&u2, &s2, call(41, "probe", json!({})).to_string()).await });
-    tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+    // Cancel only once the upstream has the call.
+    let mut n = 100;
+    loop {
+        let r = with_session(&url, &sid, call(n, "probes", json!({})).to_string()).await;
+        let seen: Vec<serde_json::Value> =
+            serde_json::from_str(r.response()["result"]["content"][0]["text"].as_str().unwrap()).unwrap();
+        if !seen.is_empty() {
+            break;
+        }
+        n += 1;
+        assert!(n < 200, "the upstream never received the call");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     let note = json!({"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":41,"reason":"user"}});
     assert_eq!(post(&url, Some(&sid), &note).await.status, 202);
     let r = pending.await.unwrap();
