@@ -6,7 +6,6 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use futures_util::StreamExt;
 use palisade_upstream::UpstreamError;
 use palisade_upstream::http::Reply;
@@ -254,15 +253,19 @@ pub async fn forward(
 ) {
     let Some(client_id) = msg.id.clone() else { return };
     let Some(handle) = gw.upstreams.get(&upstream).cloned() else {
-        stream.finish_with(error_bytes(&client_id, codes::INTERNAL_ERROR, "unknown upstream"));
+        stream.finish(&error_message(&client_id, codes::INTERNAL_ERROR, "unknown upstream"));
         return;
     };
     let Some(link) = sess.links.get(&upstream).cloned() else {
-        stream.finish_with(error_bytes(&client_id, codes::INTERNAL_ERROR, "upstream not connected"));
+        stream.finish(&error_message(
+            &client_id,
+            codes::INTERNAL_ERROR,
+            "upstream not connected",
+        ));
         return;
     };
     let Ok(_permit) = handle.permits.clone().try_acquire_owned() else {
-        stream.finish_with(error_bytes(
+        stream.finish(&error_message(
             &client_id,
             codes::OVERLOADED,
             "upstream overloaded, retry later",
@@ -343,7 +346,7 @@ pub async fn forward(
             if sess.stateless {
                 ensure_result_type(&mut resp);
             }
-            stream.finish_with(Bytes::from(resp.to_bytes()));
+            stream.finish(&resp);
         }
         Err(e) => {
             tracing::warn!(upstream = %upstream, method = %method, error = %e, "upstream request failed");
@@ -364,7 +367,7 @@ pub async fn forward(
             {
                 crate::gateway::answer_upstream(&link, cancel_notice(gw_id));
             }
-            stream.finish_with(Bytes::from(upstream_error(Some(client_id), &e).to_bytes()));
+            stream.finish(&upstream_error(Some(client_id), &e));
         }
     }
 }
@@ -375,8 +378,8 @@ pub fn cancel_notice(gw_id: u64) -> Message {
     Message::notification("notifications/cancelled", serde_json::value::to_raw_value(&params).ok())
 }
 
-fn error_bytes(id: &Id, code: i64, message: &str) -> Bytes {
-    Bytes::from(Message::error(Some(id.clone()), code, message, None).to_bytes())
+fn error_message(id: &Id, code: i64, message: &str) -> Message {
+    Message::error(Some(id.clone()), code, message, None)
 }
 
 /// Adds `resultType: "complete"` for stateless clients when an older upstream omits it.
@@ -501,5 +504,5 @@ pub async fn fan_out(
         result.insert("cacheScope".into(), Value::from("private"));
     }
     let resp = Message::response(client_id, to_raw(&Value::Object(result)));
-    stream.finish_with(Bytes::from(resp.to_bytes()));
+    stream.finish(&resp);
 }

@@ -211,7 +211,7 @@ async fn post(gw: Arc<Gateway>, route: Route, headers: HeaderMap, body: Body) ->
     match msg.kind() {
         Kind::Request => handle_request(gw, sess, msg).await,
         Kind::Notification => {
-            client_notification(&gw, &sess, msg);
+            client_notification(&sess, msg);
             accepted()
         }
         Kind::Response | Kind::Error => client_response(&gw, &sess, msg),
@@ -611,14 +611,11 @@ pub async fn handle_request(gw: Arc<Gateway>, sess: Arc<LiveSession>, msg: Messa
     let key = client_id.as_str().to_owned();
     let duplicate = sess.requests.lock().map(|m| m.contains_key(&key)).unwrap_or(true);
     if duplicate {
-        stream.finish_with(Bytes::from(
-            Message::error(
-                Some(client_id),
-                codes::INVALID_REQUEST,
-                "a request with this id is already in flight",
-                None,
-            )
-            .to_bytes(),
+        stream.finish(&Message::error(
+            Some(client_id),
+            codes::INVALID_REQUEST,
+            "a request with this id is already in flight",
+            None,
         ));
         return respond_from_stream(&gw, &sess, stream, None).await;
     }
@@ -657,14 +654,14 @@ pub async fn handle_request(gw: Arc<Gateway>, sess: Arc<LiveSession>, msg: Messa
             ));
         }
         Plan::Local(result) => {
-            stream.finish_with(Bytes::from(Message::response(client_id, result).to_bytes()));
+            stream.finish(&Message::response(client_id, result));
         }
         Plan::Refuse(code, m) => {
-            stream.finish_with(Bytes::from(Message::error(Some(client_id), code, &m, None).to_bytes()));
+            stream.finish(&Message::error(Some(client_id), code, &m, None));
         }
     }
     let guard = if sess.stateless {
-        Some(StreamGuard::cancel_on_drop(&gw, &sess, &key))
+        Some(StreamGuard::cancel_on_drop(&sess, &key))
     } else {
         None
     };
@@ -704,7 +701,7 @@ struct CancelParams<'a> {
 }
 
 /// Cancels a client request: stop waiting, tell the upstream, close its stream.
-pub fn cancel_request(gw: &Gateway, sess: &LiveSession, client_key: &str) {
+pub fn cancel_request(sess: &LiveSession, client_key: &str) {
     let Some(req) = sess.requests.lock().ok().and_then(|mut m| m.remove(client_key)) else {
         return;
     };
@@ -716,16 +713,15 @@ pub fn cancel_request(gw: &Gateway, sess: &LiveSession, client_key: &str) {
     if let (true, Some(link)) = (req.gw_id != 0, sess.links.get(&req.upstream)) {
         answer_upstream(link, cancel_notice(req.gw_id));
     }
-    let _ = gw;
 }
 
-fn client_notification(gw: &Arc<Gateway>, sess: &Arc<LiveSession>, msg: Message) {
+fn client_notification(sess: &Arc<LiveSession>, msg: Message) {
     match msg.method() {
         "notifications/initialized" => {}
         "notifications/cancelled" => {
             if let Some(p) = msg.params_as::<CancelParams>() {
                 let key = p.request_id.get().to_owned();
-                cancel_request(gw, sess, &key);
+                cancel_request(sess, &key);
             }
         }
         _ => {

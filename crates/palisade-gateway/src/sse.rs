@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http::{HeaderValue, StatusCode, header};
 use palisade_upstream::sse::encode_event;
-use palisade_wire::{Limits, codes, parse_message};
+use palisade_wire::codes;
 use tokio::sync::watch;
 
 use crate::gateway::Gateway;
@@ -30,11 +30,7 @@ enum GuardKind {
     /// Frees the session's single standalone GET slot.
     Standalone(Weak<LiveSession>),
     /// Stateless revision: closing the stream cancels the request.
-    Cancel {
-        gw: Weak<Gateway>,
-        sess: Weak<LiveSession>,
-        key: String,
-    },
+    Cancel { sess: Weak<LiveSession>, key: String },
 }
 
 impl StreamGuard {
@@ -44,10 +40,9 @@ impl StreamGuard {
         }
     }
 
-    pub fn cancel_on_drop(gw: &Arc<Gateway>, sess: &Arc<LiveSession>, key: &str) -> Self {
+    pub fn cancel_on_drop(sess: &Arc<LiveSession>, key: &str) -> Self {
         StreamGuard {
             kind: GuardKind::Cancel {
-                gw: Arc::downgrade(gw),
                 sess: Arc::downgrade(sess),
                 key: key.to_owned(),
             },
@@ -63,9 +58,9 @@ impl Drop for StreamGuard {
                     s.standalone_attached.store(false, Ordering::Release);
                 }
             }
-            GuardKind::Cancel { gw, sess, key } => {
-                if let (Some(gw), Some(sess)) = (gw.upgrade(), sess.upgrade()) {
-                    crate::handlers::cancel_request(&gw, &sess, key);
+            GuardKind::Cancel { sess, key } => {
+                if let Some(sess) = sess.upgrade() {
+                    crate::handlers::cancel_request(&sess, key);
                 }
             }
         }
@@ -93,8 +88,7 @@ pub async fn respond_from_stream(
         }
     };
     let _ = tokio::time::timeout(JSON_WAIT, wait).await;
-    if let Some(bytes) = stream.sole_response() {
-        let code = error_code(&bytes);
+    if let Some((bytes, code)) = stream.sole_response() {
         let status = match code {
             // 2026-07-28: an unknown method is a 404 with -32601.
             Some(codes::METHOD_NOT_FOUND) if sess.stateless => StatusCode::NOT_FOUND,
@@ -111,13 +105,6 @@ pub async fn respond_from_stream(
         return resp;
     }
     sse_response(gw, sess, stream, 1, false, guard)
-}
-
-fn error_code(bytes: &[u8]) -> Option<i64> {
-    parse_message(bytes, &Limits::default())
-        .ok()
-        .and_then(|m| m.error_object())
-        .map(|e| e.code)
 }
 
 struct State {

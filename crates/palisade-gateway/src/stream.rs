@@ -11,6 +11,7 @@ use std::collections::VecDeque;
 use std::sync::Mutex;
 
 use bytes::Bytes;
+use palisade_wire::Message;
 use tokio::sync::watch;
 
 /// One event: its sequence number in the stream and the JSON message.
@@ -27,6 +28,8 @@ struct Inner {
     done: bool,
     /// Whether the last event is the final JSON-RPC response.
     has_response: bool,
+    /// The error code of that response, if it is an error.
+    error_code: Option<i64>,
 }
 
 /// A bounded, resumable stream of messages.
@@ -57,6 +60,7 @@ impl StreamBuf {
                 next_seq: 1,
                 done: false,
                 has_response: false,
+                error_code: None,
             }),
             changed,
         }
@@ -68,15 +72,22 @@ impl StreamBuf {
 
     /// Appends a message; ignored once the stream is done.
     pub fn push(&self, data: Bytes) -> bool {
-        self.push_inner(data, false)
+        self.push_inner(data, None)
     }
 
-    /// Appends the final response and finishes the stream.
-    pub fn finish_with(&self, data: Bytes) -> bool {
-        self.push_inner(data, true)
+    /// Appends the final response and finishes the stream. Its error code, if
+    /// any, is kept so the HTTP status can be chosen without re-parsing.
+    pub fn finish(&self, response: &Message) -> bool {
+        let code = response
+            .error
+            .as_ref()
+            .and_then(|_| response.error_object())
+            .map(|e| e.code);
+        self.push_inner(Bytes::from(response.to_bytes()), Some(code))
     }
 
-    fn push_inner(&self, data: Bytes, last: bool) -> bool {
+    /// `last`: `Some(error code)` for the final response.
+    fn push_inner(&self, data: Bytes, last: Option<Option<i64>>) -> bool {
         let seq = {
             let Ok(mut g) = self.inner.lock() else { return false };
             if g.done {
@@ -88,9 +99,10 @@ impl StreamBuf {
             while g.events.len() > self.cap {
                 g.events.pop_front();
             }
-            if last {
+            if let Some(code) = last {
                 g.done = true;
                 g.has_response = true;
+                g.error_code = code;
             }
             seq
         };
@@ -115,11 +127,12 @@ impl StreamBuf {
         self.inner.lock().map(|g| g.next_seq).unwrap_or(u64::MAX)
     }
 
-    /// If the stream finished with exactly one event, its response: the caller
-    /// may answer with plain JSON instead of SSE.
-    pub fn sole_response(&self) -> Option<Bytes> {
+    /// If the stream finished with exactly one event, its response and error
+    /// code: the caller may answer with plain JSON instead of SSE.
+    pub fn sole_response(&self) -> Option<(Bytes, Option<i64>)> {
         let g = self.inner.lock().ok()?;
-        (g.done && g.has_response && g.next_seq == 2 && g.events.len() == 1).then(|| g.events[0].data.clone())
+        (g.done && g.has_response && g.next_seq == 2 && g.events.len() == 1)
+            .then(|| (g.events[0].data.clone(), g.error_code))
     }
 
     /// Events with `seq >= from`.
@@ -145,15 +158,24 @@ impl StreamBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use palisade_wire::Id;
 
     #[test]
     fn sole_response_only_when_alone() {
+        let ok = Message::response(
+            Id::number(1),
+            serde_json::value::RawValue::from_string("{}".into()).unwrap(),
+        );
         let s = StreamBuf::new(1, 8);
-        s.finish_with(Bytes::from_static(b"{}"));
-        assert_eq!(s.sole_response().as_deref(), Some(&b"{}"[..]));
+        s.finish(&ok);
+        assert_eq!(s.sole_response(), Some((Bytes::from(ok.to_bytes()), None)));
+        let err = Message::error(Some(Id::number(2)), -32601, "nope", None);
+        let s = StreamBuf::new(3, 8);
+        s.finish(&err);
+        assert_eq!(s.sole_response().map(|(_, c)| c), Some(Some(-32601)));
         let s = StreamBuf::new(2, 8);
         s.push(Bytes::from_static(b"p"));
-        s.finish_with(Bytes::from_static(b"{}"));
+        s.finish(&ok);
         assert!(s.sole_response().is_none());
         assert_eq!(s.read_from(2).events.len(), 1);
     }

@@ -210,15 +210,7 @@ impl HttpUpstream {
         session: Option<&str>,
         version: Option<&str>,
     ) -> Result<Option<MessageStream>, UpstreamError> {
-        let headers = self.headers(session, version)?;
-        let resp = self
-            .client
-            .get(self.url.clone())
-            .headers(headers)
-            .header(http::header::ACCEPT, "text/event-stream")
-            .send()
-            .await
-            .map_err(|e| UpstreamError::Unavailable(redact(&e)))?;
+        let resp = self.get_sse(session, version, None).await?;
         match resp.status() {
             StatusCode::METHOD_NOT_ALLOWED => Ok(None),
             StatusCode::NOT_FOUND => Err(UpstreamError::SessionExpired),
@@ -295,6 +287,29 @@ impl HttpUpstream {
         }))
     }
 
+    /// A `GET` for an SSE stream, optionally continuing after `last_id`.
+    async fn get_sse(
+        &self,
+        session: Option<&str>,
+        version: Option<&str>,
+        last_id: Option<&str>,
+    ) -> Result<reqwest::Response, UpstreamError> {
+        let mut headers = self.headers(session, version)?;
+        if let Some(id) = last_id {
+            headers.insert(
+                "last-event-id",
+                HeaderValue::from_str(id).map_err(|_| UpstreamError::Protocol("bad event id".into()))?,
+            );
+        }
+        self.client
+            .get(self.url.clone())
+            .headers(headers)
+            .header(http::header::ACCEPT, "text/event-stream")
+            .send()
+            .await
+            .map_err(|e| UpstreamError::Unavailable(redact(&e)))
+    }
+
     /// `GET` with `Last-Event-ID` to continue a stream.
     async fn resume(
         &self,
@@ -302,19 +317,7 @@ impl HttpUpstream {
         version: Option<&str>,
         last_id: &str,
     ) -> Result<reqwest::Response, UpstreamError> {
-        let mut headers = self.headers(session, version)?;
-        headers.insert(
-            "last-event-id",
-            HeaderValue::from_str(last_id).map_err(|_| UpstreamError::Protocol("bad event id".into()))?,
-        );
-        let resp = self
-            .client
-            .get(self.url.clone())
-            .headers(headers)
-            .header(http::header::ACCEPT, "text/event-stream")
-            .send()
-            .await
-            .map_err(|e| UpstreamError::Unavailable(redact(&e)))?;
+        let resp = self.get_sse(session, version, Some(last_id)).await?;
         match resp.status() {
             s if s.is_success() => Ok(resp),
             StatusCode::NOT_FOUND => Err(UpstreamError::SessionExpired),

@@ -356,16 +356,7 @@ async fn drive_sse(
     msg: &serde_json::Value,
     answer: impl Fn(&serde_json::Value) -> Option<serde_json::Value>,
 ) -> Vec<serde_json::Value> {
-    let mut resp = client()
-        .post(url)
-        .header("content-type", "application/json")
-        .header("accept", ACCEPT)
-        .header("mcp-protocol-version", "2025-11-25")
-        .header("mcp-session-id", sid)
-        .body(msg.to_string())
-        .send()
-        .await
-        .unwrap();
+    let mut resp = post_streaming(url, sid, msg).await;
     let mut seen = Vec::new();
     let mut buf = String::new();
     while let Some(chunk) = resp.chunk().await.unwrap() {

@@ -348,16 +348,7 @@ async fn a_dropped_sse_stream_resumes_with_last_event_id() {
     let sid = initialize(&url).await;
     let mut msg = call(5, "countdown", json!({"n": 6}));
     msg["params"]["_meta"] = json!({"progressToken": "t"});
-    let mut resp = client()
-        .post(&url)
-        .header("content-type", "application/json")
-        .header("accept", ACCEPT)
-        .header("mcp-protocol-version", "2025-11-25")
-        .header("mcp-session-id", &sid)
-        .body(msg.to_string())
-        .send()
-        .await
-        .unwrap();
+    let mut resp = post_streaming(&url, &sid, &msg).await;
     // Read until the first progress event, remember its id, then hang up.
     let mut buf = String::new();
     let last_id = loop {

@@ -7,7 +7,6 @@
 mod common;
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -67,40 +66,6 @@ impl ClientHandler for TestClient {
         InitializeRequestParams::new(caps, Implementation::new("palisade-rmcp-test", "1"))
             .with_protocol_version(ProtocolVersion::V_2025_11_25)
     }
-}
-
-struct Fixture(Child);
-
-impl Drop for Fixture {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn testserver_bin() -> PathBuf {
-    PathBuf::from(palisade_bin()).with_file_name("palisade-testserver")
-}
-
-/// Starts the fixture over HTTP; returns it and its URL.
-fn start_http_fixture() -> (Fixture, String) {
-    use std::io::{BufRead, BufReader};
-    let mut child = Command::new(testserver_bin())
-        .args(["http", "--port", "0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start palisade-testserver (built by cargo build --workspace)");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    let url = loop {
-        let line = lines.next().expect("fixture exited").expect("read");
-        if let Some(u) = line.strip_prefix("listening ") {
-            break u.trim().to_owned();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
-    (Fixture(child), url)
 }
 
 fn everything_entry() -> Option<PathBuf> {

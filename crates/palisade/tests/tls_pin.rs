@@ -2,40 +2,14 @@
 
 mod common;
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 
 use common::*;
 use serde_json::json;
 use tokio::net::{TcpListener, TcpStream};
 
-struct Fixture(Child);
-
-impl Drop for Fixture {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn start_fixture() -> (Fixture, u16) {
-    use std::io::{BufRead, BufReader};
-    let bin = PathBuf::from(palisade_bin()).with_file_name("palisade-testserver");
-    let mut child = Command::new(bin)
-        .args(["http", "--port", "0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("palisade-testserver (cargo build --workspace)");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let url = loop {
-        let line = lines.next().expect("fixture exited").unwrap();
-        if let Some(u) = line.strip_prefix("listening ") {
-            break u.trim().to_owned();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
+    let (fixture, url) = start_http_fixture();
     let port = url
         .rsplit(':')
         .next()
@@ -43,7 +17,7 @@ fn start_fixture() -> (Fixture, u16) {
         .trim_end_matches("/mcp")
         .parse()
         .unwrap();
-    (Fixture(child), port)
+    (fixture, port)
 }
 
 /// A TLS terminator with a fresh self-signed certificate for `localhost`,

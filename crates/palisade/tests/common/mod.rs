@@ -229,3 +229,52 @@ pub async fn initialize(url: &str) -> String {
 pub fn call(id: u64, tool: &str, args: Value) -> Value {
     json!({ "jsonrpc": "2.0", "id": id, "method": "tools/call", "params": { "name": tool, "arguments": args } })
 }
+
+/// A running palisade-testserver; killed on drop.
+pub struct Fixture(Child);
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub fn testserver_bin() -> std::path::PathBuf {
+    std::path::PathBuf::from(palisade_bin()).with_file_name("palisade-testserver")
+}
+
+/// Starts the fixture over HTTP; returns it and its URL.
+pub fn start_http_fixture() -> (Fixture, String) {
+    use std::io::{BufRead, BufReader};
+    let mut child = Command::new(testserver_bin())
+        .args(["http", "--port", "0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start palisade-testserver (built by cargo build --workspace)");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let url = loop {
+        let line = lines.next().expect("fixture exited").expect("read");
+        if let Some(u) = line.strip_prefix("listening ") {
+            break u.trim().to_owned();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    (Fixture(child), url)
+}
+
+/// POSTs a message within a session and returns the response unread (for SSE).
+pub async fn post_streaming(url: &str, sid: &str, msg: &Value) -> reqwest::Response {
+    client()
+        .post(url)
+        .header("content-type", "application/json")
+        .header("accept", ACCEPT)
+        .header("mcp-protocol-version", "2025-11-25")
+        .header("mcp-session-id", sid)
+        .body(msg.to_string())
+        .send()
+        .await
+        .expect("request")
+}
