@@ -11,6 +11,9 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use toml::Spanned;
 
+mod auth;
+pub use auth::*;
+
 /// The whole configuration file.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -21,6 +24,10 @@ pub struct Config {
     pub sessions: SessionConfig,
     #[serde(default)]
     pub upstreams: BTreeMap<String, Spanned<UpstreamConfig>>,
+    #[serde(default)]
+    pub auth: AuthConfig,
+    #[serde(default)]
+    pub secrets: SecretsConfig,
 }
 
 /// The listener and its hygiene limits.
@@ -129,6 +136,9 @@ pub struct UpstreamConfig {
     /// Upper bound on requests in flight to this upstream.
     #[serde(default = "default_upstream_concurrency")]
     pub max_in_flight: usize,
+    /// Scopes, DPoP and step-up for this upstream's endpoint and tools.
+    #[serde(default)]
+    pub auth: EndpointAuth,
 }
 
 fn yes() -> bool {
@@ -205,9 +215,14 @@ pub enum StdioMode {
 pub struct HttpConfig {
     pub url: String,
     /// Headers the gateway sends as its own credential; values come from the
-    /// environment (`{ env = "NAME" }`) so secrets stay out of the file (M5, S1).
+    /// environment (`{ env = "NAME" }`) or the secret store (`{ secret = "name" }`)
+    /// so secrets stay out of the file (M5, S1).
     #[serde(default)]
-    pub headers: BTreeMap<String, HeaderValueSource>,
+    pub headers: BTreeMap<String, SecretRef>,
+    /// An OAuth token the gateway obtains for itself (client credentials) or per user
+    /// (token exchange), sent as `Authorization: Bearer` (M5).
+    #[serde(default)]
+    pub oauth: Option<UpstreamOAuth>,
     /// Extra PEM CA bundle trusted for this upstream (in addition to the system roots
     /// unless `only_custom_ca` is set).
     #[serde(default)]
@@ -227,13 +242,6 @@ pub struct HttpConfig {
 
 fn default_connect_timeout() -> u64 {
     5_000
-}
-
-/// Where a header value comes from.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HeaderValueSource {
-    pub env: String,
 }
 
 /// A configuration problem, with the key and the line when known.

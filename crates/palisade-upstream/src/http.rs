@@ -57,12 +57,15 @@ impl HttpUpstream {
         for (header, source) in &cfg.headers {
             let hname = HeaderName::from_bytes(header.as_bytes())
                 .map_err(|_| format!("upstreams.{name}.headers: invalid header name {header:?}"))?;
-            let value = std::env::var(&source.env).map_err(|_| {
-                format!(
-                    "upstreams.{name}.headers.{header}: environment variable {} is not set",
-                    source.env
-                )
-            })?;
+            let value = match source {
+                palisade_config::SecretRef::Env(var) => std::env::var(var)
+                    .map_err(|_| format!("upstreams.{name}.headers.{header}: environment variable {var} is not set"))?,
+                palisade_config::SecretRef::Secret(s) => {
+                    return Err(format!(
+                        "upstreams.{name}.headers.{header}: secret {s:?}: the secret store is not wired here yet"
+                    ));
+                }
+            };
             let mut hv = HeaderValue::from_str(&value)
                 .map_err(|_| format!("upstreams.{name}.headers.{header}: value is not a valid header value"))?;
             hv.set_sensitive(true);
