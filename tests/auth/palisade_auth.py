@@ -946,6 +946,8 @@ AUDIT_REASONS: dict[str, frozenset[str] | None] = {
     "dpop_bound_token_as_bearer": frozenset({"dpop_missing", "dpop_invalid", "dpop_mismatch"}),
     "dpop_unbound_token": frozenset({"token_not_bound", "dpop_missing", "dpop_mismatch", "dpop_invalid"}),
     "dpop_invalid": frozenset({"dpop_invalid"}),
+    # proof made for another htu / htm: the proof is invalid for this request, or mismatched
+    "dpop_wrong_target": frozenset({"dpop_invalid", "dpop_mismatch"}),
     "dpop_replay": frozenset({"dpop_replay"}),
     "dpop_mismatch": frozenset({"dpop_mismatch"}),
     "dpop_wrong_ath": frozenset({"dpop_invalid", "dpop_mismatch"}),

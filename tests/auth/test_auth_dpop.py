@@ -153,24 +153,23 @@ def test_replayed_proof(dpop_gw: Gateway, idp: IdP, holder: Key) -> None:
         assert_audit_failure(dpop_gw, "dpop_replay", mark)
 
 
-@pytest.mark.parametrize("which", ["other-endpoint", "other-port", "other-host", "with-query", "https"])
+@pytest.mark.parametrize("which", ["other-endpoint", "other-port", "other-host", "https"])
 def test_proof_for_another_url(dpop_gw: Gateway, idp: IdP, holder: Key, which: str) -> None:
-    """Asserts: `htu` must be this request's URL ({base}/mcp/demo): another endpoint, port, host name,
-    a query-carrying htu, or another scheme → 401."""
+    """Asserts: `htu` must be this request's URL ({base}/mcp/demo): another endpoint, port, host name or
+    scheme → 401. (A query or fragment in htu is ignored by RFC 9449 section 4.3, so not tested here.)"""
     token = bound_token(idp, dpop_gw, holder)
     base = dpop_gw.base
     htu = {
         "other-endpoint": f"{base}/mcp/other",
         "other-port": "http://127.0.0.1:1/mcp/demo",
         "other-host": base.replace("127.0.0.1", "localhost") + "/mcp/demo",
-        "with-query": f"{base}/mcp/demo?x=1",
         "https": base.replace("http://", "https://") + "/mcp/demo",
     }[which]
     mark = dpop_gw.mark()
     with Mcp(dpop_gw.endpoint("demo"), dpop_auth(token, holder)) as client:
         resp = client.initialize(headers={"dpop": dpop_proof(holder, "POST", htu, access_token=token)})
     assert_dpop_refused(resp)
-    assert_audit_failure(dpop_gw, "dpop_invalid", mark)
+    assert_audit_failure(dpop_gw, "dpop_wrong_target", mark)
 
 
 @pytest.mark.parametrize("htm", ["GET", "DELETE", "post"])
@@ -182,7 +181,7 @@ def test_proof_for_another_method(dpop_gw: Gateway, idp: IdP, holder: Key, htm: 
         proof = dpop_proof(holder, htm, client.url, access_token=token)
         resp = client.initialize(headers={"dpop": proof})
     assert_dpop_refused(resp)
-    assert_audit_failure(dpop_gw, "dpop_invalid", mark)
+    assert_audit_failure(dpop_gw, "dpop_wrong_target", mark)
 
 
 def test_proof_key_does_not_match_cnf(dpop_gw: Gateway, idp: IdP, holder: Key, keys: KeySet) -> None:
