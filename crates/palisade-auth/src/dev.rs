@@ -130,8 +130,10 @@ impl DevIssuer {
             "exp": now + req.ttl_s.unwrap_or(self.ttl_s),
             "jti": URL_SAFE_NO_PAD.encode(rnd),
             "client_id": "palisade-dev",
-            "scope": req.scopes.join(" "),
         });
+        if !req.scopes.is_empty() {
+            claims["scope"] = Value::String(req.scopes.join(" "));
+        }
         for (k, v) in [("groups", &req.groups), ("roles", &req.roles), ("amr", &req.amr)] {
             if !v.is_empty() {
                 claims[k] = json!(v);

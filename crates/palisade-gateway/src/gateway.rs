@@ -89,6 +89,8 @@ pub struct Gateway {
     pub limits: Limits,
     pub versions: Vec<ProtocolVersion>,
     pub sealer: SessionSealer,
+    /// The resource server; `None` when `auth.mode = "none"`.
+    pub auth: Option<Arc<palisade_auth::Authenticator>>,
     pub revoked: RevocationList,
     pub sessions: Mutex<HashMap<String, Arc<LiveSession>>>,
     pub upstreams: BTreeMap<String, Arc<UpstreamHandle>>,
@@ -122,7 +124,11 @@ pub fn empty_object() -> Box<RawValue> {
 
 impl Gateway {
     /// Builds the gateway and starts shared stdio upstreams.
-    pub fn new(config: Config, sealer: SessionSealer) -> Result<Arc<Gateway>, String> {
+    pub fn new(
+        config: Config,
+        sealer: SessionSealer,
+        auth: Option<Arc<palisade_auth::Authenticator>>,
+    ) -> Result<Arc<Gateway>, String> {
         let s = &config.server;
         let limits = Limits {
             max_bytes: s.max_body_bytes,
@@ -184,6 +190,7 @@ impl Gateway {
             limits,
             versions,
             sealer,
+            auth,
             revoked: RevocationList::default(),
             sessions: Mutex::new(HashMap::new()),
             upstreams,

@@ -9,7 +9,7 @@ use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use http_body_util::BodyExt;
 use palisade_session::{Principal, SessionError, SessionRecord, unix};
 use palisade_upstream::stdio::{StdioConnection, StdioSpec};
@@ -18,7 +18,8 @@ use palisade_wire::{DecodeError, Kind, Message, codes, parse_message};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
-use crate::forward::{Plan, cancel_notice, fan_out, forward, plan};
+use crate::auth::{Caller, authenticate};
+use crate::forward::{Plan, cancel_notice, fan_out, forward, plan, resolve_name};
 use crate::gateway::{
     Gateway, UpstreamKind, answer_upstream, close_link, digest, init_http, relay_from_server, to_raw,
 };
@@ -33,35 +34,46 @@ pub const VERSION_HEADER: &str = "mcp-protocol-version";
 pub async fn post_single(
     State(gw): State<Arc<Gateway>>,
     Path(server): Path<String>,
+    uri: Uri,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    post(gw, Route::Single(server), headers, body).await
+    post(gw, Route::Single(server), uri, headers, body).await
 }
 
 /// `POST /mcp`.
-pub async fn post_aggregate(State(gw): State<Arc<Gateway>>, headers: HeaderMap, body: Body) -> Response {
-    post(gw, Route::Aggregate, headers, body).await
+pub async fn post_aggregate(State(gw): State<Arc<Gateway>>, uri: Uri, headers: HeaderMap, body: Body) -> Response {
+    post(gw, Route::Aggregate, uri, headers, body).await
 }
 
 /// `GET /mcp/{server}`.
-pub async fn get_single(State(gw): State<Arc<Gateway>>, Path(server): Path<String>, headers: HeaderMap) -> Response {
-    get(gw, Route::Single(server), headers).await
+pub async fn get_single(
+    State(gw): State<Arc<Gateway>>,
+    Path(server): Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    get(gw, Route::Single(server), uri, headers).await
 }
 
 /// `GET /mcp`.
-pub async fn get_aggregate(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
-    get(gw, Route::Aggregate, headers).await
+pub async fn get_aggregate(State(gw): State<Arc<Gateway>>, uri: Uri, headers: HeaderMap) -> Response {
+    get(gw, Route::Aggregate, uri, headers).await
 }
 
 /// `DELETE /mcp/{server}`.
-pub async fn delete_single(State(gw): State<Arc<Gateway>>, Path(server): Path<String>, headers: HeaderMap) -> Response {
-    delete(gw, Route::Single(server), headers).await
+pub async fn delete_single(
+    State(gw): State<Arc<Gateway>>,
+    Path(server): Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    delete(gw, Route::Single(server), uri, headers).await
 }
 
 /// `DELETE /mcp`.
-pub async fn delete_aggregate(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
-    delete(gw, Route::Aggregate, headers).await
+pub async fn delete_aggregate(State(gw): State<Arc<Gateway>>, uri: Uri, headers: HeaderMap) -> Response {
+    delete(gw, Route::Aggregate, uri, headers).await
 }
 
 /// Any other method on an MCP endpoint.
@@ -81,12 +93,6 @@ fn route_exists(gw: &Gateway, route: &Route) -> bool {
         Route::Single(n) => gw.upstreams.contains_key(n),
         Route::Aggregate => gw.config.server.aggregate && !gw.route_upstreams(route).is_empty(),
     }
-}
-
-/// The caller. Until authentication lands every caller is anonymous; the auth
-/// layer will put a verified [`Principal`] into the request extensions.
-fn principal() -> Principal {
-    Principal::anonymous()
 }
 
 fn accepts(headers: &HeaderMap, wanted: &[&str]) -> bool {
@@ -155,7 +161,12 @@ async fn read_body(gw: &Gateway, body: Body) -> Result<Bytes, Response> {
     }
 }
 
-async fn post(gw: Arc<Gateway>, route: Route, headers: HeaderMap, body: Body) -> Response {
+async fn post(gw: Arc<Gateway>, route: Route, uri: Uri, headers: HeaderMap, body: Body) -> Response {
+    // Authenticate before reading the body: unauthenticated callers cost nothing more.
+    let caller = match authenticate(&gw, &route, &Method::POST, &uri, &headers).await {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
     if !route_exists(&gw, &route) {
         return json_error(StatusCode::NOT_FOUND, codes::INVALID_REQUEST, "no such MCP endpoint");
     }
@@ -183,9 +194,8 @@ async fn post(gw: Arc<Gateway>, route: Route, headers: HeaderMap, body: Body) ->
         Err(e) => return decode_error_response(e),
     };
     if crate::stateless::is_stateless(&headers, &msg) {
-        return crate::stateless::handle(gw, route, headers, msg).await;
+        return crate::stateless::handle(gw, route, caller, headers, msg).await;
     }
-    let principal = principal();
     if msg.method() == "initialize" {
         if headers.contains_key(SESSION_HEADER) {
             return json_error(
@@ -201,15 +211,15 @@ async fn post(gw: Arc<Gateway>, route: Route, headers: HeaderMap, body: Body) ->
                 "initialize must be a request",
             );
         }
-        return initialize(gw, route, principal, msg).await;
+        return initialize(gw, route, caller.principal, msg).await;
     }
-    let sess = match open_session(&gw, &route, &principal, &headers) {
+    let sess = match open_session(&gw, &route, &caller, &headers) {
         Ok(s) => s,
         Err(r) => return r,
     };
     sess.touch();
     match msg.kind() {
-        Kind::Request => handle_request(gw, sess, msg).await,
+        Kind::Request => handle_request(gw, sess, &caller, msg).await,
         Kind::Notification => {
             client_notification(&sess, msg);
             accepted()
@@ -230,9 +240,10 @@ fn session_not_found() -> Response {
 fn open_session(
     gw: &Arc<Gateway>,
     route: &Route,
-    principal: &Principal,
+    caller: &Caller,
     headers: &HeaderMap,
 ) -> Result<Arc<LiveSession>, Response> {
+    let principal = &caller.principal;
     let Some(token) = header_str(headers, SESSION_HEADER) else {
         return Err(json_error(
             StatusCode::BAD_REQUEST,
@@ -242,6 +253,10 @@ fn open_session(
     };
     let record = match gw.sealer.open(token, principal, route.key(), SystemTime::now()) {
         Ok(r) => r,
+        Err(SessionError::WrongPrincipal) => {
+            crate::auth::audit_session_mismatch(route, caller);
+            return Err(session_not_found());
+        }
         Err(e) => {
             tracing::info!(reason = %e, "session refused");
             return Err(session_not_found());
@@ -260,6 +275,7 @@ fn open_session(
         },
     };
     if &live.principal != principal {
+        crate::auth::audit_session_mismatch(route, caller);
         return Err(session_not_found());
     }
     Ok(live)
@@ -603,10 +619,15 @@ pub fn merge_results(results: &[(String, Value)], version: Option<ProtocolVersio
 }
 
 /// Serves a request within a session: plan, spawn, answer with JSON or SSE.
-pub async fn handle_request(gw: Arc<Gateway>, sess: Arc<LiveSession>, msg: Message) -> Response {
+pub async fn handle_request(gw: Arc<Gateway>, sess: Arc<LiveSession>, caller: &Caller, msg: Message) -> Response {
     let Some(client_id) = msg.id.clone() else {
         return json_error(StatusCode::BAD_REQUEST, codes::INVALID_REQUEST, "request without id");
     };
+    if let Some((upstream, tool)) = tool_target(&gw, &sess, &msg)
+        && let Err(r) = crate::auth::check_tool(&gw, &sess, caller, &upstream, &tool)
+    {
+        return r;
+    }
     let stream = sess.new_stream();
     let key = client_id.as_str().to_owned();
     let duplicate = sess.requests.lock().map(|m| m.contains_key(&key)).unwrap_or(true);
@@ -756,7 +777,11 @@ fn client_response(gw: &Arc<Gateway>, sess: &Arc<LiveSession>, mut msg: Message)
     accepted()
 }
 
-async fn get(gw: Arc<Gateway>, route: Route, headers: HeaderMap) -> Response {
+async fn get(gw: Arc<Gateway>, route: Route, uri: Uri, headers: HeaderMap) -> Response {
+    let caller = match authenticate(&gw, &route, &Method::GET, &uri, &headers).await {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
     if !route_exists(&gw, &route) {
         return json_error(StatusCode::NOT_FOUND, codes::INVALID_REQUEST, "no such MCP endpoint");
     }
@@ -773,7 +798,7 @@ async fn get(gw: Arc<Gateway>, route: Route, headers: HeaderMap) -> Response {
             "Accept must list text/event-stream",
         );
     }
-    let sess = match open_session(&gw, &route, &principal(), &headers) {
+    let sess = match open_session(&gw, &route, &caller, &headers) {
         Ok(s) => s,
         Err(r) => return r,
     };
@@ -810,7 +835,11 @@ fn attach_standalone(gw: &Arc<Gateway>, sess: &Arc<LiveSession>, from: u64) -> R
     sse_response(gw, sess, sess.standalone.clone(), from, true, Some(guard))
 }
 
-async fn delete(gw: Arc<Gateway>, route: Route, headers: HeaderMap) -> Response {
+async fn delete(gw: Arc<Gateway>, route: Route, uri: Uri, headers: HeaderMap) -> Response {
+    let caller = match authenticate(&gw, &route, &Method::DELETE, &uri, &headers).await {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
     if !route_exists(&gw, &route) {
         return json_error(StatusCode::NOT_FOUND, codes::INVALID_REQUEST, "no such MCP endpoint");
     }
@@ -820,11 +849,27 @@ async fn delete(gw: Arc<Gateway>, route: Route, headers: HeaderMap) -> Response 
     {
         return method_not_allowed(Method::DELETE).await;
     }
-    let sess = match open_session(&gw, &route, &principal(), &headers) {
+    let sess = match open_session(&gw, &route, &caller, &headers) {
         Ok(s) => s,
         Err(r) => return r,
     };
     gw.end_session(&sess).await;
     tracing::info!(session = %digest(&sess.sid), "session deleted by client");
     StatusCode::NO_CONTENT.into_response()
+}
+
+/// The upstream and upstream-side tool name of a `tools/call`, for step-up checks.
+fn tool_target(gw: &Gateway, sess: &LiveSession, msg: &Message) -> Option<(String, String)> {
+    if msg.method() != "tools/call" {
+        return None;
+    }
+    #[derive(serde::Deserialize)]
+    struct Named {
+        name: String,
+    }
+    let name = msg.params_as::<Named>()?.name;
+    match &sess.route {
+        Route::Single(n) => Some((n.clone(), name)),
+        Route::Aggregate => resolve_name(gw, &name),
+    }
 }

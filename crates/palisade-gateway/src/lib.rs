@@ -1,13 +1,14 @@
 //! The Palisade gateway: Streamable HTTP in front, stdio and HTTP upstreams behind.
 //!
 //! Request path: hygiene (Origin/Host, overload) → body limits → JSON-RPC decode →
-//! session (sealed, user-bound) → plan (route, aggregate) → upstream → stream back.
-//! Later controls (authentication, policy, inspection, audit) plug in between
-//! decode and upstream.
+//! authentication (bearer/DPoP token → verified identity) → session (sealed, bound to
+//! that identity) → step-up → plan (route, aggregate) → upstream → stream back.
+//! Later controls (policy, inspection, audit) plug in between decode and upstream.
 
 // Handlers return `Result<_, Response>`: the error is the HTTP answer itself, on a cold path.
 #![allow(clippy::result_large_err)]
 
+pub mod auth;
 pub mod forward;
 pub mod gateway;
 pub mod handlers;

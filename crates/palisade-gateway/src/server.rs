@@ -43,6 +43,26 @@ pub fn build_router(gw: Arc<Gateway>) -> Router {
                 .delete(handlers::delete_aggregate)
                 .fallback(handlers::method_not_allowed),
         )
+        .route(palisade_auth::METADATA_PATH, get(crate::auth::metadata_root))
+        .route(
+            &format!("{}/mcp", palisade_auth::METADATA_PATH),
+            get(crate::auth::metadata_aggregate),
+        )
+        .route(
+            &format!("{}/mcp/{{server}}", palisade_auth::METADATA_PATH),
+            get(crate::auth::metadata_single),
+        )
+        .route(
+            &format!("{}/jwks.json", palisade_auth::DEV_ISSUER_PATH),
+            get(crate::auth::dev_jwks),
+        )
+        .route(
+            &format!(
+                "/.well-known/oauth-authorization-server{}",
+                palisade_auth::DEV_ISSUER_PATH
+            ),
+            get(crate::auth::dev_metadata),
+        )
         .route("/healthz", get(|| async { "ok" }))
         .route(
             "/readyz",

@@ -15,7 +15,9 @@ use std::time::{Duration, SystemTime};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use http::{HeaderMap, StatusCode};
-use palisade_session::{Principal, unix};
+use palisade_session::unix;
+
+use crate::auth::Caller;
 use palisade_wire::version::ProtocolVersion;
 use palisade_wire::{Id, Kind, Message, codes};
 use serde_json::{Map, Value};
@@ -165,7 +167,7 @@ fn param_str(msg: &Message, key: &str) -> Option<String> {
 }
 
 /// Serves one stateless POST.
-pub async fn handle(gw: Arc<Gateway>, route: Route, headers: HeaderMap, msg: Message) -> Response {
+pub async fn handle(gw: Arc<Gateway>, route: Route, caller: Caller, headers: HeaderMap, msg: Message) -> Response {
     if let Err(r) = validate(&gw, &headers, &msg) {
         return r;
     }
@@ -203,14 +205,14 @@ pub async fn handle(gw: Arc<Gateway>, route: Route, headers: HeaderMap, msg: Mes
         sid,
         route,
         ProtocolVersion::V2026_07_28,
-        Principal::anonymous(),
+        caller.principal.clone(),
         ClientCaps::default(),
         unix(SystemTime::now()) + 3600,
         links.into_iter().map(|(n, (l, _))| (n, l)).collect(),
         gw.config.server.sse_replay_events,
         true,
     ));
-    handle_request(gw, sess, msg).await
+    handle_request(gw, sess, &caller, msg).await
 }
 
 /// The gateway's own upstream links for stateless clients, with each InitializeResult.

@@ -19,7 +19,27 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::{Deserialize, Serialize};
 
 const TOKEN_PREFIX: &str = "ps1.";
-const AAD_LABEL: &[u8] = b"palisade/session/v1";
+const AAD_LABEL: &[u8] = b"palisade/session/v2";
+
+/// The sealed payload: the record and a digest of its owner. The owner is inside the
+/// authenticated plaintext (not only in the AAD) so a mismatch is told apart from a
+/// forgery and can be audited (M4).
+#[derive(Serialize, Deserialize)]
+struct Sealed<R> {
+    #[serde(flatten)]
+    record: R,
+    owner: String,
+}
+
+/// SHA-256 of the length-prefixed issuer and subject, hex.
+fn owner_digest(p: &Principal) -> String {
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    for part in [&p.issuer, &p.subject] {
+        ctx.update(&(part.len() as u32).to_be_bytes());
+        ctx.update(part.as_bytes());
+    }
+    ctx.finish().as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
 /// Tokens longer than this are refused before any decoding.
 pub const MAX_TOKEN_LEN: usize = 4096;
 
@@ -131,6 +151,8 @@ pub enum SessionError {
     /// The token is malformed, forged, for another principal or route, or sealed
     /// with an unknown key. Deliberately one case: the caller learns nothing more.
     Invalid,
+    /// A genuine session of another user (M4): refused, and worth an audit event.
+    WrongPrincipal,
     Expired,
     Revoked,
     BadKey(&'static str),
@@ -141,6 +163,7 @@ impl fmt::Display for SessionError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             SessionError::Invalid => f.write_str("invalid session id"),
+            SessionError::WrongPrincipal => f.write_str("session belongs to another principal"),
             SessionError::Expired => f.write_str("session expired"),
             SessionError::Revoked => f.write_str("session terminated"),
             SessionError::BadKey(m) => write!(f, "bad session key: {m}"),
@@ -204,8 +227,12 @@ impl SessionSealer {
         let key = &self.keys[0];
         let mut nonce = [0u8; NONCE_LEN];
         self.rng.fill(&mut nonce).map_err(|_| SessionError::Rng)?;
-        let mut data = serde_json::to_vec(record).map_err(|_| SessionError::Invalid)?;
-        let aad = self.aad(&key.kid, principal, &record.route);
+        let sealed = Sealed {
+            record,
+            owner: owner_digest(principal),
+        };
+        let mut data = serde_json::to_vec(&sealed).map_err(|_| SessionError::Invalid)?;
+        let aad = self.aad(&key.kid, &record.route);
         key.key
             .seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::from(&aad), &mut data)
             .map_err(|_| SessionError::Invalid)?;
@@ -240,13 +267,17 @@ impl SessionSealer {
         let kid = std::str::from_utf8(kid).map_err(|_| SessionError::Invalid)?;
         let key = self.keys.iter().find(|k| k.kid == kid).ok_or(SessionError::Invalid)?;
         let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| SessionError::Invalid)?;
-        let aad = self.aad(kid, principal, route);
+        let aad = self.aad(kid, route);
         let mut buf = sealed.to_vec();
         let plain = key
             .key
             .open_in_place(nonce, Aad::from(&aad), &mut buf)
             .map_err(|_| SessionError::Invalid)?;
-        let record: SessionRecord = serde_json::from_slice(plain).map_err(|_| SessionError::Invalid)?;
+        let Sealed { record, owner } =
+            serde_json::from_slice::<Sealed<SessionRecord>>(plain).map_err(|_| SessionError::Invalid)?;
+        if owner != owner_digest(principal) {
+            return Err(SessionError::WrongPrincipal);
+        }
         if record.route != route {
             return Err(SessionError::Invalid);
         }
@@ -256,11 +287,11 @@ impl SessionSealer {
         Ok(record)
     }
 
-    fn aad(&self, kid: &str, principal: &Principal, route: &str) -> Vec<u8> {
+    fn aad(&self, kid: &str, route: &str) -> Vec<u8> {
         // Length-prefixed fields, so no two different tuples encode the same bytes.
-        let mut aad = Vec::with_capacity(64 + principal.issuer.len() + principal.subject.len());
+        let mut aad = Vec::with_capacity(64 + self.audience.len() + route.len());
         aad.extend_from_slice(AAD_LABEL);
-        for part in [kid, &principal.issuer, &principal.subject, &self.audience, route] {
+        for part in [kid, &self.audience, route] {
             aad.extend_from_slice(&(part.len() as u32).to_be_bytes());
             aad.extend_from_slice(part.as_bytes());
         }
@@ -347,10 +378,22 @@ mod tests {
         let r = record(&s, 60);
         let t = s.seal(&r, &Principal::verified("https://idp", "alice")).unwrap();
         let bob = Principal::verified("https://idp", "bob");
-        assert_eq!(s.open(&t, &bob, "demo", SystemTime::now()), Err(SessionError::Invalid));
+        assert_eq!(
+            s.open(&t, &bob, "demo", SystemTime::now()),
+            Err(SessionError::WrongPrincipal)
+        );
         let other_idp = Principal::verified("https://evil", "alice");
         assert_eq!(
             s.open(&t, &other_idp, "demo", SystemTime::now()),
+            Err(SessionError::WrongPrincipal)
+        );
+        // A forged owner cannot be written: the owner is inside the sealed plaintext.
+        let mut forged = t.clone().into_bytes();
+        let last = forged.len() - 3;
+        forged[last] = if forged[last] == b'A' { b'B' } else { b'A' };
+        let forged = String::from_utf8(forged).unwrap();
+        assert_eq!(
+            s.open(&forged, &bob, "demo", SystemTime::now()),
             Err(SessionError::Invalid)
         );
     }

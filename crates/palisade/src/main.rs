@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
-use palisade_config::Config;
+use palisade_config::{AuthMode, Config, SecretRef};
 use palisade_gateway::Gateway;
 use palisade_session::{SessionKey, SessionSealer};
 use tokio_util::sync::CancellationToken;
@@ -43,9 +43,79 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Development tokens.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// The secret store (`[secrets]` in the configuration).
+    Secrets {
+        #[command(subcommand)]
+        command: SecretsCommand,
+    },
     /// The bundled demo MCP server on stdio (what `palisade demo` launches).
     #[command(hide = true)]
     DemoServer,
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Mint an access token from the development issuer (`[auth.dev_issuer]`, or the demo's).
+    /// Development only.
+    Mint {
+        /// Configuration with `[auth.dev_issuer]`; without it, the `palisade demo` issuer.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Port of the demo gateway (without --config).
+        #[arg(long, default_value_t = 8787)]
+        port: u16,
+        #[arg(long, default_value = "demo-user")]
+        sub: String,
+        /// Scopes (space-separated or repeated).
+        #[arg(long)]
+        scope: Vec<String>,
+        /// Endpoint names the token is for (default: every endpoint).
+        #[arg(long)]
+        endpoint: Vec<String>,
+        #[arg(long)]
+        group: Vec<String>,
+        #[arg(long)]
+        role: Vec<String>,
+        /// Authentication methods (`mfa`) for step-up tests.
+        #[arg(long)]
+        amr: Vec<String>,
+        /// Bind to a DPoP key thumbprint (`cnf.jkt`).
+        #[arg(long)]
+        jkt: Option<String>,
+        /// Lifetime in seconds.
+        #[arg(long)]
+        ttl: Option<u64>,
+    },
+}
+
+#[derive(Subcommand)]
+enum SecretsCommand {
+    /// Store a secret read from standard input (file backend).
+    Set {
+        #[arg(long, short, env = "PALISADE_CONFIG", default_value = "palisade.toml")]
+        config: PathBuf,
+        name: String,
+    },
+    /// List secret names (never values).
+    List {
+        #[arg(long, short, env = "PALISADE_CONFIG", default_value = "palisade.toml")]
+        config: PathBuf,
+    },
+    /// Re-encrypt every secret under the first key (file backend).
+    Rotate {
+        #[arg(long, short, env = "PALISADE_CONFIG", default_value = "palisade.toml")]
+        config: PathBuf,
+    },
+    /// Print a new random key line (`kid:base64`) for the file backend.
+    Keygen {
+        #[arg(long, default_value = "k1")]
+        kid: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -121,6 +191,8 @@ fn main() -> ExitCode {
             };
             runtime.block_on(run(config, None))
         }
+        Command::Token { command } => token_command(command),
+        Command::Secrets { command } => runtime.block_on(secrets_command(command)),
         Command::Demo { port } => {
             init_logging(&cli.log_format);
             let exe = match std::env::current_exe() {
@@ -143,13 +215,38 @@ fn main() -> ExitCode {
     }
 }
 
-/// The embedded default: one stdio upstream, the demo server, on loopback.
+/// Where the demo keeps its development signing key (per user, outside the repository).
+fn demo_key_file() -> PathBuf {
+    let user: String = std::env::var("USER")
+        .unwrap_or_default()
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .take(32)
+        .collect();
+    std::env::temp_dir()
+        .join(format!("palisade-demo-{user}"))
+        .join("dev-issuer.pem")
+}
+
+fn toml_str(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('"', "\\\"")
+}
+
+/// The embedded default: one stdio upstream, the demo server, on loopback, with
+/// tokens from the development issuer required.
 fn demo_config(exe: &std::path::Path, port: u16) -> String {
-    let exe = exe.display().to_string().replace('\\', "\\\\").replace('"', "\\\"");
+    let exe = toml_str(&exe.display().to_string());
+    let key = toml_str(&demo_key_file().display().to_string());
     format!(
         r#"
 [server]
 listen = "127.0.0.1:{port}"
+
+[auth]
+mode = "oauth"
+
+[auth.dev_issuer]
+key_file = "{key}"
 
 [upstreams.demo]
 transport = "stdio"
@@ -193,7 +290,26 @@ async fn run(config: Config, demo: Option<()>) -> ExitCode {
         }
     };
     let bound = listener.local_addr().unwrap_or(listen);
-    let gw: Arc<Gateway> = match Gateway::new(config, sealer) {
+    let auth = match build_auth(&config, bound).await {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let demo_token = match (&demo, auth.as_ref().and_then(|a| a.dev_issuer())) {
+        (Some(()), Some(dev)) => {
+            let req = palisade_auth::MintRequest {
+                subject: "demo-user".into(),
+                audiences: vec![format!("http://{bound}/mcp/demo"), format!("http://{bound}/mcp")],
+                ..Default::default()
+            };
+            dev.mint(&req, palisade_session::unix(std::time::SystemTime::now()))
+                .ok()
+        }
+        _ => None,
+    };
+    let gw: Arc<Gateway> = match Gateway::new(config, sealer, auth) {
         Ok(g) => g,
         Err(e) => {
             eprintln!("error: {e}");
@@ -212,9 +328,17 @@ async fn run(config: Config, demo: Option<()>) -> ExitCode {
         println!("  MCP endpoint (Streamable HTTP): http://{bound}/mcp/demo");
         println!("  Aggregated endpoint:            http://{bound}/mcp");
         println!();
-        println!("Connect an MCP client to the URL above, for example:");
+        println!("Every request needs a bearer token. A development token (1 hour, user demo-user):");
+        println!();
+        println!("  {}", demo_token.as_deref().unwrap_or("(could not mint one)"));
+        println!();
+        println!("Connect an MCP client with the header 'Authorization: Bearer <token>', for example");
         println!("  npx @modelcontextprotocol/inspector   (transport: Streamable HTTP)");
-        println!("No authentication is configured in demo mode; it listens on loopback only.");
+        println!(
+            "Mint more with: palisade token mint --port {} --sub alice",
+            bound.port()
+        );
+        println!("The development issuer is for trying Palisade on loopback only; see docs/authentication.md.");
         println!("Press Ctrl-C to stop.");
     } else {
         for n in &names {
@@ -251,5 +375,203 @@ async fn wait_for_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
+    }
+}
+
+/// Public base URL: configured, else the bound address.
+fn public_url(config: &Config, bound: SocketAddr) -> String {
+    config
+        .auth
+        .public_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{bound}"))
+}
+
+/// Builds the resource server, refusing unsafe combinations (anonymous or development
+/// issuer on a non-loopback address).
+async fn build_auth(config: &Config, bound: SocketAddr) -> Result<Option<Arc<palisade_auth::Authenticator>>, String> {
+    let loopback = bound.ip().is_loopback();
+    match config.auth.mode {
+        AuthMode::None => {
+            if !loopback && !config.auth.allow_anonymous_non_loopback {
+                return Err(format!(
+                    "auth.mode = \"none\" on non-loopback address {bound}: every caller would be anonymous; \
+                     configure [auth] mode = \"oauth\" (or set auth.allow_anonymous_non_loopback = true)"
+                ));
+            }
+            tracing::warn!("authentication is off (auth.mode = \"none\"): every caller is anonymous");
+            Ok(None)
+        }
+        AuthMode::Oauth => {
+            if config.auth.dev_issuer.is_some() {
+                if !loopback {
+                    return Err(format!(
+                        "auth.dev_issuer is for development only and refuses non-loopback address {bound}"
+                    ));
+                }
+                tracing::warn!("the development issuer is enabled: tokens from `palisade token mint` are accepted");
+            }
+            let secrets = resolve_auth_secrets(config).await?;
+            let resolve = |r: &SecretRef| -> Result<String, String> {
+                secrets
+                    .get(&secret_key(r))
+                    .cloned()
+                    .ok_or_else(|| "not resolved".to_owned())
+            };
+            let auth = palisade_auth::Authenticator::new(&config.auth, &public_url(config, bound), &resolve)?;
+            let auth = Arc::new(auth);
+            let warm = auth.clone();
+            tokio::spawn(async move { warm.warm_up().await });
+            Ok(Some(auth))
+        }
+    }
+}
+
+fn secret_key(r: &SecretRef) -> String {
+    match r {
+        SecretRef::Env(v) => format!("env:{v}"),
+        SecretRef::Secret(s) => format!("secret:{s}"),
+    }
+}
+
+/// Reads the secrets authentication needs, from the environment or the secret store.
+async fn resolve_auth_secrets(config: &Config) -> Result<std::collections::HashMap<String, String>, String> {
+    let mut out = std::collections::HashMap::new();
+    let Some(ic) = &config.auth.introspection else {
+        return Ok(out);
+    };
+    let store = palisade_secrets::SecretStore::from_config(&config.secrets).map_err(|e| format!("secrets: {e}"))?;
+    let secret = palisade_secrets::resolve(&store, &ic.client_secret)
+        .await
+        .map_err(|e| format!("auth.introspection.client_secret: {e}"))?;
+    let text = secret
+        .expose_str()
+        .map_err(|e| format!("auth.introspection.client_secret: {e}"))?
+        .to_owned();
+    out.insert(secret_key(&ic.client_secret), text);
+    Ok(out)
+}
+
+fn token_command(command: TokenCommand) -> ExitCode {
+    let TokenCommand::Mint {
+        config,
+        port,
+        sub,
+        scope,
+        endpoint,
+        group,
+        role,
+        amr,
+        jkt,
+        ttl,
+    } = command;
+    let config = match config {
+        Some(path) => match Config::load(&path) {
+            Ok(c) => c,
+            Err(errs) => {
+                eprintln!("configuration error in {}:\n{errs}", path.display());
+                return ExitCode::FAILURE;
+            }
+        },
+        None => {
+            let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("palisade"));
+            match Config::from_toml(&demo_config(&exe, port)) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("error: demo configuration: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+    };
+    let Some(dev) = &config.auth.dev_issuer else {
+        eprintln!("error: the configuration has no [auth.dev_issuer]; tokens come from your identity provider");
+        return ExitCode::FAILURE;
+    };
+    let base = public_url(&config, config.server.listen);
+    let issuer = match palisade_auth::DevIssuer::load_or_create(&dev.key_file, &base, dev.token_ttl_s) {
+        Ok(i) => i,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let names: Vec<String> = if endpoint.is_empty() {
+        config.upstreams.keys().cloned().collect()
+    } else {
+        endpoint
+    };
+    let mut audiences: Vec<String> = names.iter().map(|n| format!("{base}/mcp/{n}")).collect();
+    audiences.push(format!("{base}/mcp"));
+    let split = |v: Vec<String>| -> Vec<String> {
+        v.iter()
+            .flat_map(|s| s.split(' '))
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect()
+    };
+    let req = palisade_auth::MintRequest {
+        subject: sub,
+        scopes: split(scope),
+        audiences,
+        groups: group,
+        roles: role,
+        amr,
+        jkt,
+        ttl_s: ttl,
+    };
+    match issuer.mint(&req, palisade_session::unix(std::time::SystemTime::now())) {
+        Ok(t) => {
+            println!("{t}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn secrets_command(command: SecretsCommand) -> ExitCode {
+    let load = |path: &PathBuf| {
+        Config::load(path).map_err(|errs| format!("configuration error in {}:\n{errs}", path.display()))
+    };
+    let result: Result<(), String> = async {
+        match command {
+            SecretsCommand::Keygen { kid } => {
+                println!(
+                    "{}",
+                    palisade_secrets::cli::generate_key(&kid).map_err(|e| e.to_string())?
+                );
+            }
+            SecretsCommand::Set { config, name } => {
+                let c = load(&config)?;
+                palisade_secrets::cli::cmd_set(&c.secrets, &name, &mut std::io::stdin()).map_err(|e| e.to_string())?;
+                eprintln!("stored {name}");
+            }
+            SecretsCommand::List { config } => {
+                let c = load(&config)?;
+                for n in palisade_secrets::cli::cmd_list(&c.secrets)
+                    .await
+                    .map_err(|e| e.to_string())?
+                {
+                    println!("{n}");
+                }
+            }
+            SecretsCommand::Rotate { config } => {
+                let c = load(&config)?;
+                let n = palisade_secrets::cli::cmd_rotate(&c.secrets).map_err(|e| e.to_string())?;
+                eprintln!("re-encrypted {n} secret(s) under the first key");
+            }
+        }
+        Ok(())
+    }
+    .await;
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
     }
 }

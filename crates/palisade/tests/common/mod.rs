@@ -100,6 +100,16 @@ impl Gateway {
         format!("{}{path}", self.base)
     }
 
+    /// The gateway's configuration file.
+    pub fn config_path(&self) -> PathBuf {
+        self._dir.join("palisade.toml")
+    }
+
+    /// The gateway's private temporary directory.
+    pub fn dir(&self) -> &PathBuf {
+        &self._dir
+    }
+
     /// Waits until `/readyz` says ready.
     pub async fn wait_ready(&self) {
         let client = reqwest::Client::new();

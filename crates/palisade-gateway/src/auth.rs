@@ -1,0 +1,225 @@
+//! Authentication on every MCP request (M2), Protected Resource Metadata (Z5) and
+//! step-up challenges (Z4). The verified identity feeds the session binding (M4).
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::response::{IntoResponse, Response};
+use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
+use palisade_auth::{AuthError, Endpoint, Identity, Reason, Request};
+use palisade_session::{Principal, unix};
+use palisade_wire::Message;
+
+use crate::gateway::Gateway;
+use crate::hygiene::json_error;
+use crate::session::{LiveSession, Route};
+
+/// Who is calling: the principal sessions are bound to, and the verified token
+/// (absent when authentication is off).
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub principal: Principal,
+    pub identity: Option<Arc<Identity>>,
+}
+
+impl Caller {
+    pub fn anonymous() -> Self {
+        Caller {
+            principal: Principal::anonymous(),
+            identity: None,
+        }
+    }
+}
+
+/// The URL path of a route.
+pub fn route_path(route: &Route) -> String {
+    match route {
+        Route::Single(n) => format!("/mcp/{n}"),
+        Route::Aggregate => "/mcp".to_owned(),
+    }
+}
+
+const NO_SCOPES: &[String] = &[];
+
+/// What an endpoint demands, from its upstream's `auth` table.
+fn endpoint<'a>(gw: &'a Gateway, route: &Route, path: &'a str) -> Endpoint<'a> {
+    let cfg = match route {
+        Route::Single(n) => gw.upstreams.get(n).map(|h| &h.config.auth),
+        Route::Aggregate => None,
+    };
+    Endpoint {
+        path,
+        scopes: cfg.map_or(NO_SCOPES, |c| c.required_scopes.as_slice()),
+        require_dpop: cfg.is_some_and(|c| c.require_dpop),
+    }
+}
+
+/// Authenticates a request to an MCP endpoint, or answers with the challenge.
+pub async fn authenticate(
+    gw: &Gateway,
+    route: &Route,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+) -> Result<Caller, Response> {
+    let Some(auth) = &gw.auth else {
+        return Ok(Caller::anonymous());
+    };
+    let path = route_path(route);
+    let ep = endpoint(gw, route, &path);
+    let req = Request {
+        method: method.as_str(),
+        path: &path,
+        query: uri.query(),
+        headers,
+    };
+    match auth.authenticate(&req, &ep, unix(SystemTime::now())).await {
+        Ok(identity) => Ok(Caller {
+            principal: identity.principal.clone(),
+            identity: Some(identity),
+        }),
+        Err(e) => {
+            audit_failure(&e, &path, None);
+            Err(refusal(gw, &e, &ep))
+        }
+    }
+}
+
+/// Logs a refusal as an audit event. Never the token: only the reason.
+pub fn audit_failure(e: &AuthError, path: &str, principal: Option<&Principal>) {
+    tracing::warn!(
+        target: "palisade::audit",
+        event = "auth.failure",
+        reason = e.reason.as_str(),
+        endpoint = path,
+        issuer = principal.map_or("", |p| p.issuer()),
+        subject = principal.map_or("", |p| p.subject()),
+        "request refused: {}",
+        e.description
+    );
+}
+
+/// The HTTP answer to a refusal: status, `WWW-Authenticate`, and a JSON-RPC error body.
+fn refusal(gw: &Gateway, e: &AuthError, ep: &Endpoint<'_>) -> Response {
+    let Some(auth) = &gw.auth else {
+        return json_error(StatusCode::UNAUTHORIZED, -32001, e.description);
+    };
+    let status = e.reason.status();
+    let body = Message::error(None, -32001, e.description, None).to_bytes();
+    let mut r = (status, [(header::CONTENT_TYPE, "application/json")], Body::from(body)).into_response();
+    if let Ok(v) = HeaderValue::from_str(&auth.www_authenticate(e, ep)) {
+        r.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+    }
+    r
+}
+
+/// Step-up for `tools/call` (Z4): the tool's `step_up` entry, and on the aggregated
+/// endpoint the owning upstream's endpoint scopes.
+pub fn check_tool(
+    gw: &Gateway,
+    sess: &LiveSession,
+    caller: &Caller,
+    upstream: &str,
+    tool: &str,
+) -> Result<(), Response> {
+    let (Some(auth), Some(id)) = (&gw.auth, &caller.identity) else {
+        return Ok(());
+    };
+    let Some(h) = gw.upstreams.get(upstream) else {
+        return Ok(());
+    };
+    let path = route_path(&sess.route);
+    let cfg = &h.config.auth;
+    let none = palisade_config::StepUp::default();
+    let step = cfg.step_up.get(tool).unwrap_or(&none);
+    let aggregate = matches!(sess.route, Route::Aggregate);
+    if !aggregate && step.scopes.is_empty() && step.acr.is_empty() && step.amr.is_empty() && step.max_age_s.is_none() {
+        return Ok(());
+    }
+    let ep = Endpoint {
+        path: &path,
+        scopes: if aggregate {
+            cfg.required_scopes.as_slice()
+        } else {
+            NO_SCOPES
+        },
+        require_dpop: false,
+    };
+    auth.check_step_up(id, &ep, step, unix(SystemTime::now())).map_err(|e| {
+        audit_failure(&e, &path, Some(&caller.principal));
+        refusal(gw, &e, &endpoint(gw, &sess.route, &path))
+    })
+}
+
+/// An audit event for a session presented by someone else (M4).
+pub fn audit_session_mismatch(route: &Route, caller: &Caller) {
+    let e = AuthError::new(Reason::SessionPrincipalMismatch, "session belongs to another user");
+    audit_failure(&e, &route_path(route), Some(&caller.principal));
+}
+
+/// `GET /.well-known/oauth-protected-resource[/mcp[/{server}]]` (RFC 9728).
+pub async fn metadata_root(State(gw): State<Arc<Gateway>>) -> Response {
+    metadata(&gw, None)
+}
+
+pub async fn metadata_aggregate(State(gw): State<Arc<Gateway>>) -> Response {
+    metadata(&gw, Some(Route::Aggregate))
+}
+
+pub async fn metadata_single(State(gw): State<Arc<Gateway>>, Path(server): Path<String>) -> Response {
+    if !gw.upstreams.contains_key(&server) {
+        return json_error(StatusCode::NOT_FOUND, -32600, "no such MCP endpoint");
+    }
+    metadata(&gw, Some(Route::Single(server)))
+}
+
+fn metadata(gw: &Gateway, route: Option<Route>) -> Response {
+    let Some(auth) = &gw.auth else {
+        return json_error(StatusCode::NOT_FOUND, -32600, "authentication is not enabled");
+    };
+    let path = route.as_ref().map(route_path).unwrap_or_default();
+    let ep = match &route {
+        Some(r) => endpoint(gw, r, &path),
+        None => Endpoint {
+            path: "",
+            scopes: NO_SCOPES,
+            require_dpop: false,
+        },
+    };
+    let doc = auth.resource_metadata(&ep);
+    (
+        StatusCode::OK,
+        [
+            (header::CONTENT_TYPE, "application/json"),
+            (header::CACHE_CONTROL, "max-age=300"),
+        ],
+        Body::from(doc.to_string()),
+    )
+        .into_response()
+}
+
+/// `GET /dev-issuer/jwks.json` and its RFC 8414 metadata (development issuer only).
+pub async fn dev_jwks(State(gw): State<Arc<Gateway>>) -> Response {
+    match gw.auth.as_ref().and_then(|a| a.dev_issuer()) {
+        Some(d) => json_ok(d.jwks()),
+        None => json_error(StatusCode::NOT_FOUND, -32600, "not found"),
+    }
+}
+
+pub async fn dev_metadata(State(gw): State<Arc<Gateway>>) -> Response {
+    match gw.auth.as_ref().and_then(|a| a.dev_issuer()) {
+        Some(d) => json_ok(d.metadata()),
+        None => json_error(StatusCode::NOT_FOUND, -32600, "not found"),
+    }
+}
+
+fn json_ok(v: serde_json::Value) -> Response {
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        Body::from(v.to_string()),
+    )
+        .into_response()
+}

@@ -1,0 +1,275 @@
+//! Authentication wiring (M1, M2, M4, Z4, Z5) with tokens from the development issuer.
+//! Token-format attacks with independently minted tokens live in `tests/auth` (Python).
+
+mod common;
+
+use common::*;
+use serde_json::{Value, json};
+
+const PUBLIC: &str = "http://gw.test";
+
+/// A gateway requiring tokens from a development issuer whose key lives in `key_dir`.
+fn start(key_dir: &std::path::Path, extra_upstream: &str) -> Gateway {
+    let auth = format!(
+        "[auth]\nmode = \"oauth\"\npublic_url = \"{PUBLIC}\"\n[auth.dev_issuer]\nkey_file = \"{}\"\n",
+        key_dir.join("dev.pem").display()
+    );
+    Gateway::start_with(
+        &format!("{}{extra_upstream}", demo_upstream("demo", "shared")),
+        &auth,
+        &[],
+    )
+}
+
+fn mint(gw: &Gateway, args: &[&str]) -> String {
+    let out = std::process::Command::new(palisade_bin())
+        .args(["token", "mint", "--config"])
+        .arg(gw.config_path())
+        .args(args)
+        .output()
+        .expect("run token mint");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+fn init_msg() -> Value {
+    json!({"jsonrpc": "2.0", "id": 0, "method": "initialize",
+           "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}})
+}
+
+async fn send(url: &str, token: Option<&str>, session: Option<&str>, msg: &Value) -> Resp {
+    let bearer = token.map(|t| format!("Bearer {t}"));
+    let mut h = vec![
+        ("content-type", "application/json"),
+        ("accept", ACCEPT),
+        ("mcp-protocol-version", "2025-11-25"),
+    ];
+    if let Some(b) = &bearer {
+        h.push(("authorization", b));
+    }
+    if let Some(s) = session {
+        h.push(("mcp-session-id", s));
+    }
+    post_raw(url, msg.to_string(), &h).await
+}
+
+async fn open(url: &str, token: &str) -> String {
+    let r = send(url, Some(token), None, &init_msg()).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let sid = r.header("mcp-session-id").expect("session id");
+    let n = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
+    assert_eq!(send(url, Some(token), Some(&sid), &n).await.status, 202);
+    sid
+}
+
+fn challenge(r: &Resp) -> String {
+    r.header("www-authenticate").unwrap_or_default()
+}
+
+#[tokio::test]
+async fn requests_without_a_valid_token_get_a_challenge() {
+    let keys = tempfile::tempdir().unwrap();
+    let gw = start(keys.path(), "");
+    let url = gw.url("/mcp/demo");
+    let meta = format!("resource_metadata=\"{PUBLIC}/.well-known/oauth-protected-resource/mcp/demo\"");
+
+    let r = send(&url, None, None, &init_msg()).await;
+    assert_eq!(r.status, 401);
+    assert!(challenge(&r).starts_with("Bearer "), "{}", challenge(&r));
+    assert!(challenge(&r).contains(&meta), "{}", challenge(&r));
+    assert!(
+        !challenge(&r).contains("error="),
+        "a missing token is not an error: {}",
+        challenge(&r)
+    );
+
+    for bad in ["garbage", "a.b.c", "eyJhbGciOiJub25lIn0.eyJzdWIiOiJ4In0.", "x.y.z.w.v"] {
+        let r = send(&url, Some(bad), None, &init_msg()).await;
+        assert_eq!(r.status, 401, "{bad}");
+        assert!(
+            challenge(&r).contains("error=\"invalid_token\""),
+            "{bad}: {}",
+            challenge(&r)
+        );
+    }
+
+    // Tokens in the query string are refused even when the header is fine.
+    let good = mint(&gw, &["--sub", "alice"]);
+    let r = send(&format!("{url}?access_token={good}"), Some(&good), None, &init_msg()).await;
+    assert_eq!(r.status, 400);
+    assert!(challenge(&r).contains("error=\"invalid_request\""));
+
+    // A token for another endpoint of the same gateway is refused here (M1).
+    let other = mint(&gw, &["--sub", "alice", "--endpoint", "other"]);
+    let r = send(&url, Some(&other), None, &init_msg()).await;
+    assert_eq!(r.status, 401, "{}", r.body);
+
+    // Every method of the endpoint is protected.
+    let c = client();
+    for req in [c.get(&url), c.delete(&url)] {
+        let r = req.header("accept", "text/event-stream").send().await.unwrap();
+        assert_eq!(r.status(), 401);
+    }
+}
+
+#[tokio::test]
+async fn protected_resource_metadata_names_the_issuer() {
+    let keys = tempfile::tempdir().unwrap();
+    let gw = start(keys.path(), "");
+    let doc: Value = client()
+        .get(gw.url("/.well-known/oauth-protected-resource/mcp/demo"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(doc["resource"], format!("{PUBLIC}/mcp/demo"));
+    assert_eq!(doc["authorization_servers"], json!([format!("{PUBLIC}/dev-issuer")]));
+    assert_eq!(doc["bearer_methods_supported"], json!(["header"]));
+    let missing = client()
+        .get(gw.url("/.well-known/oauth-protected-resource/mcp/nope"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
+    let jwks: Value = client()
+        .get(gw.url("/dev-issuer/jwks.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(jwks["keys"][0]["kty"], "EC");
+    assert!(
+        jwks["keys"][0].get("d").is_none(),
+        "the private key must never be served"
+    );
+}
+
+#[tokio::test]
+async fn a_session_is_bound_to_the_user_who_opened_it() {
+    let keys = tempfile::tempdir().unwrap();
+    let gw = start(keys.path(), "");
+    let url = gw.url("/mcp/demo");
+    let alice = mint(&gw, &["--sub", "alice"]);
+    let bob = mint(&gw, &["--sub", "bob"]);
+    let sid = open(&url, &alice).await;
+    let call = call(1, "echo", json!({"text": "hi"}));
+
+    assert_eq!(send(&url, Some(&alice), Some(&sid), &call).await.status, 200);
+    // Bob's valid token with Alice's session: the session does not exist for him.
+    assert_eq!(send(&url, Some(&bob), Some(&sid), &call).await.status, 404);
+    // The session id alone is not a credential (M2).
+    assert_eq!(send(&url, None, Some(&sid), &call).await.status, 401);
+    // Alice is unaffected.
+    assert_eq!(send(&url, Some(&alice), Some(&sid), &call).await.status, 200);
+    // A fresh token for Alice (e.g. after refresh) keeps the session.
+    let alice2 = mint(&gw, &["--sub", "alice", "--ttl", "600"]);
+    assert_eq!(send(&url, Some(&alice2), Some(&sid), &call).await.status, 200);
+}
+
+#[tokio::test]
+async fn step_up_demands_scope_or_mfa_per_tool() {
+    let keys = tempfile::tempdir().unwrap();
+    let step = "[upstreams.demo.auth.step_up.add]\nscopes = [\"math:write\"]\n[upstreams.demo.auth.step_up.word_count]\namr = [\"mfa\"]\nacr = [\"urn:palisade:mfa\"]\n";
+    let gw = start(keys.path(), step);
+    let url = gw.url("/mcp/demo");
+    let plain = mint(&gw, &["--sub", "alice"]);
+    let sid = open(&url, &plain).await;
+
+    let echo = call(1, "echo", json!({"text": "x"}));
+    assert_eq!(send(&url, Some(&plain), Some(&sid), &echo).await.status, 200);
+
+    let add = call(2, "add", json!({"a": 1, "b": 2}));
+    let r = send(&url, Some(&plain), Some(&sid), &add).await;
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert!(
+        challenge(&r).contains("error=\"insufficient_scope\""),
+        "{}",
+        challenge(&r)
+    );
+    assert!(challenge(&r).contains("scope=\"math:write\""), "{}", challenge(&r));
+    let scoped = mint(&gw, &["--sub", "alice", "--scope", "math:write"]);
+    let r = send(&url, Some(&scoped), Some(&sid), &add).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.body.contains('3'), "{}", r.body);
+
+    // amr and acr both configured: the acr is missing from dev tokens, so even `mfa` is refused.
+    let wc = call(3, "word_count", json!({"text": "a b"}));
+    let r = send(&url, Some(&plain), Some(&sid), &wc).await;
+    assert_eq!(r.status, 401, "{}", r.body);
+    assert!(
+        challenge(&r).contains("error=\"insufficient_user_authentication\""),
+        "{}",
+        challenge(&r)
+    );
+    assert!(
+        challenge(&r).contains("acr_values=\"urn:palisade:mfa\""),
+        "{}",
+        challenge(&r)
+    );
+}
+
+#[tokio::test]
+async fn mfa_step_up_passes_with_the_right_amr() {
+    let keys = tempfile::tempdir().unwrap();
+    let gw = start(
+        keys.path(),
+        "[upstreams.demo.auth.step_up.word_count]\namr = [\"mfa\"]\n",
+    );
+    let url = gw.url("/mcp/demo");
+    let plain = mint(&gw, &["--sub", "alice"]);
+    let mfa = mint(&gw, &["--sub", "alice", "--amr", "mfa"]);
+    let sid = open(&url, &plain).await;
+    let wc = call(3, "word_count", json!({"text": "a b"}));
+    assert_eq!(send(&url, Some(&plain), Some(&sid), &wc).await.status, 401);
+    let r = send(&url, Some(&mfa), Some(&sid), &wc).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+}
+
+#[tokio::test]
+async fn endpoint_scopes_are_required() {
+    let keys = tempfile::tempdir().unwrap();
+    let gw = start(keys.path(), "[upstreams.demo.auth]\nrequired_scopes = [\"demo\"]\n");
+    let url = gw.url("/mcp/demo");
+    let r = send(&url, None, None, &init_msg()).await;
+    assert!(challenge(&r).contains("scope=\"demo\""), "{}", challenge(&r));
+    let without = mint(&gw, &["--sub", "alice", "--scope", "other"]);
+    let r = send(&url, Some(&without), None, &init_msg()).await;
+    assert_eq!(r.status, 403);
+    assert!(challenge(&r).contains("error=\"insufficient_scope\""));
+    let with = mint(&gw, &["--sub", "alice", "--scope", "other demo"]);
+    assert_eq!(send(&url, Some(&with), None, &init_msg()).await.status, 200);
+}
+
+#[test]
+fn anonymous_or_development_issuer_on_a_public_address_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        ("", "auth.mode = \"none\" on non-loopback"),
+        (
+            "[auth]\nmode = \"oauth\"\n[auth.dev_issuer]\nkey_file = \"KEY\"\n",
+            "development only",
+        ),
+    ];
+    for (auth, want) in cases {
+        let auth = auth.replace("KEY", &dir.path().join("k.pem").display().to_string());
+        let cfg = format!(
+            "[server]\nlisten = \"0.0.0.0:0\"\n{auth}\n{}",
+            demo_upstream("demo", "shared")
+        );
+        let path = dir.path().join("p.toml");
+        std::fs::write(&path, cfg).unwrap();
+        let out = std::process::Command::new(palisade_bin())
+            .args(["serve", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(want), "{err}");
+        assert!(!String::from_utf8_lossy(&out.stdout).contains("listening"));
+    }
+}
