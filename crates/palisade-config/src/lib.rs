@@ -390,9 +390,37 @@ impl Config {
         if self.upstreams.is_empty() {
             errs.push(err_at("upstreams", None, "configure at least one upstream".into()));
         }
+        self.validate_auth(&mut errs);
         for (name, up) in &self.upstreams {
             let line = Some(line_of(text, up.span().start));
             let key = format!("upstreams.{name}");
+            if let Transport::Http(h) = &up.get_ref().transport {
+                if h.oauth.as_ref().is_some_and(|o| o.grant == OAuthGrant::TokenExchange)
+                    && self.auth.mode != AuthMode::Oauth
+                {
+                    errs.push(err_at(
+                        &format!("{key}.oauth.grant"),
+                        line,
+                        "token_exchange needs the caller's token: set auth.mode = \"oauth\"".into(),
+                    ));
+                }
+                if h.oauth.is_some() && h.headers.keys().any(|k| k.eq_ignore_ascii_case("authorization")) {
+                    errs.push(err_at(
+                        &format!("{key}.headers"),
+                        line,
+                        "set either an Authorization header or oauth, not both".into(),
+                    ));
+                }
+                if let Some(o) = &h.oauth {
+                    validate_url(
+                        &o.token_endpoint,
+                        false,
+                        &format!("{key}.oauth.token_endpoint"),
+                        line,
+                        &mut errs,
+                    );
+                }
+            }
             if !valid_name(name) {
                 errs.push(err_at(
                     &key,
@@ -404,6 +432,58 @@ impl Config {
             up.get_ref().validate(&key, line, &mut errs);
         }
         errs
+    }
+
+    fn validate_auth(&self, errs: &mut Vec<ConfigError>) {
+        let a = &self.auth;
+        if let Some(u) = &a.public_url {
+            validate_url(u, true, "auth.public_url", None, errs);
+            if u.contains('?') || u.contains('#') {
+                errs.push(err_at(
+                    "auth.public_url",
+                    None,
+                    "must not have a query or fragment".into(),
+                ));
+            }
+        }
+        if a.mode == AuthMode::Oauth && a.issuers.is_empty() && a.introspection.is_none() && a.dev_issuer.is_none() {
+            errs.push(err_at(
+                "auth",
+                None,
+                "mode = \"oauth\" needs [[auth.issuers]], [auth.introspection] or [auth.dev_issuer]".into(),
+            ));
+        }
+        for (i, iss) in a.issuers.iter().enumerate() {
+            if iss.algorithms.is_empty() {
+                errs.push(err_at(
+                    &format!("auth.issuers[{i}].algorithms"),
+                    None,
+                    "list at least one algorithm".into(),
+                ));
+            }
+            for alg in &iss.algorithms {
+                if !matches!(
+                    alg.as_str(),
+                    "RS256" | "RS384" | "RS512" | "PS256" | "PS384" | "PS512" | "ES256" | "ES384" | "EdDSA"
+                ) {
+                    errs.push(err_at(
+                        &format!("auth.issuers[{i}].algorithms"),
+                        None,
+                        format!("{alg:?} is not an accepted public-key algorithm"),
+                    ));
+                }
+            }
+        }
+        if a.max_token_bytes < 256 || a.max_token_bytes > 64 * 1024 {
+            errs.push(err_at(
+                "auth.max_token_bytes",
+                None,
+                "must be between 256 and 65536".into(),
+            ));
+        }
+        if a.dpop_max_age_s == 0 {
+            errs.push(err_at("auth.dpop_max_age_s", None, "must be positive".into()));
+        }
     }
 
     /// Upstreams merged into the aggregated endpoint.

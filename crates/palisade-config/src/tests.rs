@@ -127,3 +127,33 @@ fn unknown_upstream_keys_are_errors() {
     let err = Config::from_toml("[upstreams.a]\ntransport=\"http\"\nurl=\"https://x/mcp\"\nheader={}\n").unwrap_err();
     assert!(err.to_string().contains("header"), "{err}");
 }
+
+#[test]
+fn auth_settings_are_checked() {
+    let up = "[upstreams.a]\ntransport = \"stdio\"\ncommand = \"x\"\n";
+    let bad = [
+        ("[auth]\nmode = \"oauth\"\n", "needs [[auth.issuers]]"),
+        (
+            "[auth]\nmode = \"oauth\"\n[[auth.issuers]]\nissuer = \"https://i\"\nalgorithms = [\"HS256\"]\n",
+            "not an accepted public-key algorithm",
+        ),
+        (
+            "[auth]\nmode = \"oauth\"\n[[auth.issuers]]\nissuer = \"https://i\"\nalgorithms = [\"none\"]\n",
+            "not an accepted public-key algorithm",
+        ),
+        ("[auth]\nmode = \"sometimes\"\n", "unknown variant"),
+        ("[auth]\npublic_url = \"ftp://x\"\n", "auth.public_url"),
+        ("[auth]\nmax_token_bytes = 10\n", "auth.max_token_bytes"),
+    ];
+    for (auth, want) in bad {
+        let e = Config::from_toml(&format!("{auth}{up}")).unwrap_err().to_string();
+        assert!(e.contains(want), "{auth}: {e}");
+    }
+    let exchange = "[upstreams.h]\ntransport = \"http\"\nurl = \"https://h/mcp\"\n[upstreams.h.oauth]\ngrant = \"token_exchange\"\ntoken_endpoint = \"https://as/token\"\nclient_id = \"c\"\nclient_secret = { secret = \"s\" }\n";
+    let e = Config::from_toml(exchange).unwrap_err().to_string();
+    assert!(e.contains("token_exchange needs the caller's token"), "{e}");
+    let ok = format!(
+        "[auth]\nmode = \"oauth\"\n[[auth.issuers]]\nissuer = \"https://i\"\nalgorithms = [\"ES256\"]\n{exchange}"
+    );
+    assert!(Config::from_toml(&ok).is_ok());
+}

@@ -312,8 +312,24 @@ pub async fn forward(
     let method = msg.method().to_owned();
     let result = match &link {
         Link::Stdio { conn, .. } => conn.request(msg, timeout).await,
-        Link::Http { up, session, version } => {
-            match up.post(&msg, session.as_deref(), Some(version), &[], timeout).await {
+        Link::Http {
+            up,
+            session,
+            version,
+            subject,
+        } => {
+            let subject = crate::session::subject_token(subject);
+            match up
+                .post(
+                    &msg,
+                    session.as_deref(),
+                    Some(version),
+                    &[],
+                    timeout,
+                    subject.as_deref(),
+                )
+                .await
+            {
                 Ok(answer) => match answer.reply {
                     Reply::Message(m) => Ok(m),
                     Reply::Accepted => Err(UpstreamError::Protocol("request answered with 202".into())),

@@ -128,6 +128,7 @@ impl Gateway {
         config: Config,
         sealer: SessionSealer,
         auth: Option<Arc<palisade_auth::Authenticator>>,
+        mut creds: BTreeMap<String, palisade_upstream::http::UpstreamCredentials>,
     ) -> Result<Arc<Gateway>, String> {
         let s = &config.server;
         let limits = Limits {
@@ -170,7 +171,12 @@ impl Gateway {
                     UpstreamKind::Stdio { spec, shared }
                 }
                 Transport::Http(hc) => UpstreamKind::Http {
-                    client: Arc::new(HttpUpstream::new(name, hc, limits)?),
+                    client: Arc::new(HttpUpstream::new(
+                        name,
+                        hc,
+                        limits,
+                        creds.remove(name).unwrap_or_default(),
+                    )?),
                     stateless: tokio::sync::Mutex::new(None),
                 },
             };
@@ -320,8 +326,10 @@ pub async fn close_link(link: &Link) {
             up,
             session: Some(s),
             version,
+            subject,
         } => {
-            if let Err(e) = up.delete(s, Some(version)).await {
+            let subject = crate::session::subject_token(subject);
+            if let Err(e) = up.delete(s, Some(version), subject.as_deref()).await {
                 tracing::debug!(upstream = up.name(), error = %e, "upstream DELETE failed");
             }
         }
@@ -336,12 +344,14 @@ pub async fn init_http(
     client: &Arc<HttpUpstream>,
     params: Box<RawValue>,
     version: ProtocolVersion,
+    subject: &crate::session::Subject,
 ) -> Result<(Link, Value), String> {
     let init = Message::request(Id::number(gw.next_id()), "initialize", Some(params));
     let probe = Link::Http {
         up: client.clone(),
         session: None,
         version: version.as_str().to_owned(),
+        subject: subject.clone(),
     };
     let (resp, upstream_sid) = call_link(&probe, &init, Duration::from_secs(30))
         .await
@@ -363,6 +373,7 @@ pub async fn init_http(
             Some(&upstream_version),
             &[],
             Duration::from_secs(10),
+            crate::session::subject_token(subject).as_deref(),
         )
         .await
         .map_err(|e| format!("initialized notification: {e}"))?;
@@ -370,6 +381,7 @@ pub async fn init_http(
         up: client.clone(),
         session: upstream_sid,
         version: upstream_version,
+        subject: subject.clone(),
     };
     Ok((link, result))
 }
@@ -617,13 +629,26 @@ pub fn answer_upstream(link: &Link, msg: Message) {
                 tracing::warn!(upstream = conn.name(), error = %e, "could not answer upstream");
             }
         }
-        Link::Http { up, session, version } => {
+        Link::Http {
+            up,
+            session,
+            version,
+            subject,
+        } => {
             let up = up.clone();
             let session = session.clone();
             let version = version.clone();
+            let subject = crate::session::subject_token(subject);
             tokio::spawn(async move {
                 let r = up
-                    .post(&msg, session.as_deref(), Some(&version), &[], Duration::from_secs(30))
+                    .post(
+                        &msg,
+                        session.as_deref(),
+                        Some(&version),
+                        &[],
+                        Duration::from_secs(30),
+                        subject.as_deref(),
+                    )
                     .await;
                 if let Err(e) = r {
                     tracing::warn!(upstream = up.name(), error = %e, "could not answer upstream");
@@ -728,8 +753,16 @@ pub async fn call_link(
 ) -> Result<(Message, Option<String>), UpstreamError> {
     match link {
         Link::Stdio { conn, .. } => conn.request(msg.clone(), timeout).await.map(|m| (m, None)),
-        Link::Http { up, session, version } => {
-            let answer = up.post(msg, session.as_deref(), Some(version), &[], timeout).await?;
+        Link::Http {
+            up,
+            session,
+            version,
+            subject,
+        } => {
+            let subject = crate::session::subject_token(subject);
+            let answer = up
+                .post(msg, session.as_deref(), Some(version), &[], timeout, subject.as_deref())
+                .await?;
             let sid = answer.session_id;
             match answer.reply {
                 Reply::Message(m) => Ok((m, sid)),

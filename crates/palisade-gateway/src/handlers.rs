@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use http_body_util::BodyExt;
-use palisade_session::{Principal, SessionError, SessionRecord, unix};
+use palisade_session::{SessionError, SessionRecord, unix};
 use palisade_upstream::stdio::{StdioConnection, StdioSpec};
 use palisade_wire::version::ProtocolVersion;
 use palisade_wire::{DecodeError, Kind, Message, codes, parse_message};
@@ -24,7 +24,7 @@ use crate::gateway::{
     Gateway, UpstreamKind, answer_upstream, close_link, digest, init_http, relay_from_server, to_raw,
 };
 use crate::hygiene::json_error;
-use crate::session::{ClientCaps, ClientRequest, Link, LiveSession, Route};
+use crate::session::{ClientCaps, ClientRequest, Link, LiveSession, Route, Subject};
 use crate::sse::{StreamGuard, respond_from_stream, sse_response};
 
 pub const SESSION_HEADER: &str = "mcp-session-id";
@@ -211,7 +211,7 @@ async fn post(gw: Arc<Gateway>, route: Route, uri: Uri, headers: HeaderMap, body
                 "initialize must be a request",
             );
         }
-        return initialize(gw, route, caller.principal, msg).await;
+        return initialize(gw, route, caller, msg).await;
     }
     let sess = match open_session(&gw, &route, &caller, &headers) {
         Ok(s) => s,
@@ -269,7 +269,7 @@ fn open_session(
     check_version_header(gw, headers, &record)?;
     let live = match gw.session(&record.sid) {
         Some(s) => s,
-        None => match rebuild(gw, route, principal, &record) {
+        None => match rebuild(gw, route, caller, &record) {
             Some(s) => s,
             None => return Err(session_not_found()),
         },
@@ -278,6 +278,8 @@ fn open_session(
         crate::auth::audit_session_mismatch(route, caller);
         return Err(session_not_found());
     }
+    // The client may have refreshed its token: exchanges use the latest one.
+    live.set_identity(caller.identity.as_ref());
     Ok(live)
 }
 
@@ -301,13 +303,10 @@ fn check_version_header(gw: &Gateway, headers: &HeaderMap, record: &SessionRecor
 
 /// Recreates live state from a valid token this process does not hold
 /// (another replica issued it, or this process restarted with the same keys).
-fn rebuild(
-    gw: &Arc<Gateway>,
-    route: &Route,
-    principal: &Principal,
-    record: &SessionRecord,
-) -> Option<Arc<LiveSession>> {
+fn rebuild(gw: &Arc<Gateway>, route: &Route, caller: &Caller, record: &SessionRecord) -> Option<Arc<LiveSession>> {
+    let principal = &caller.principal;
     let version = ProtocolVersion::parse(&record.version)?;
+    let subject = crate::session::subject(caller.identity.as_ref());
     let mut links = HashMap::new();
     for name in gw.route_upstreams(route) {
         let h = gw.upstreams.get(&name)?;
@@ -321,21 +320,25 @@ fn rebuild(
                 up: client.clone(),
                 session: Some(record.upstreams.get(&name)?.clone()),
                 version: record.version.clone(),
+                subject: subject.clone(),
             },
         };
         links.insert(name, link);
     }
-    let sess = Arc::new(LiveSession::new(
-        record.sid.clone(),
-        route.clone(),
-        version,
-        principal.clone(),
-        ClientCaps::from_bits(record.caps),
-        record.exp,
-        links,
-        gw.config.server.sse_replay_events,
-        false,
-    ));
+    let sess = Arc::new(
+        LiveSession::new(
+            record.sid.clone(),
+            route.clone(),
+            version,
+            principal.clone(),
+            ClientCaps::from_bits(record.caps),
+            record.exp,
+            links,
+            gw.config.server.sse_replay_events,
+            false,
+        )
+        .with_identity(subject),
+    );
     register(gw, &sess).ok()?;
     tracing::info!(session = %digest(&sess.sid), "session restored from token");
     Some(sess)
@@ -356,9 +359,16 @@ fn register(gw: &Arc<Gateway>, sess: &Arc<LiveSession>) -> Result<(), ()> {
 /// Opens the upstream GET streams of HTTP links and relays what they carry.
 fn spawn_listeners(gw: &Arc<Gateway>, sess: &Arc<LiveSession>) {
     for (name, link) in &sess.links {
-        let Link::Http { up, session, version } = link else {
+        let Link::Http {
+            up,
+            session,
+            version,
+            subject,
+        } = link
+        else {
             continue;
         };
+        let subject = subject.clone();
         let (gw2, sess2, name, link, up, session, version) = (
             Arc::downgrade(gw),
             Arc::downgrade(sess),
@@ -370,7 +380,8 @@ fn spawn_listeners(gw: &Arc<Gateway>, sess: &Arc<LiveSession>) {
         );
         let task = tokio::spawn(async move {
             use futures_util::StreamExt;
-            let mut stream = match up.listen(session.as_deref(), Some(&version)).await {
+            let token = crate::session::subject_token(&subject);
+            let mut stream = match up.listen(session.as_deref(), Some(&version), token.as_deref()).await {
                 Ok(Some(s)) => s,
                 Ok(None) => return,
                 Err(e) => {
@@ -407,7 +418,8 @@ struct InitParams {
     client_info: Value,
 }
 
-async fn initialize(gw: Arc<Gateway>, route: Route, principal: Principal, msg: Message) -> Response {
+async fn initialize(gw: Arc<Gateway>, route: Route, caller: Caller, msg: Message) -> Response {
+    let principal = caller.principal.clone();
     let Some(client_id) = msg.id.clone() else {
         return json_error(StatusCode::BAD_REQUEST, codes::INVALID_REQUEST, "initialize without id");
     };
@@ -441,6 +453,7 @@ async fn initialize(gw: Arc<Gateway>, route: Route, principal: Principal, msg: M
     client_params.insert("clientInfo".into(), params.client_info.clone());
     let client_params = to_raw(&Value::Object(client_params));
 
+    let subject = crate::session::subject(caller.identity.as_ref());
     let mut links = HashMap::new();
     let mut results: Vec<(String, Value)> = Vec::new();
     let mut client_version = version;
@@ -449,7 +462,7 @@ async fn initialize(gw: Arc<Gateway>, route: Route, principal: Principal, msg: M
         let Some(h) = gw.upstreams.get(name).cloned() else {
             continue;
         };
-        match connect(&gw, &h.kind, name, &sid, &client_params, version).await {
+        match connect(&gw, &h.kind, name, &sid, &client_params, version, &subject).await {
             Ok((link, result)) => {
                 if let (Route::Single(_), Link::Http { version: v, .. }) = (&route, &link) {
                     match ProtocolVersion::parse(v) {
@@ -479,17 +492,20 @@ async fn initialize(gw: Arc<Gateway>, route: Route, principal: Principal, msg: M
     }
     let now = unix(SystemTime::now());
     let exp = now + gw.config.sessions.max_lifetime_s;
-    let sess = Arc::new(LiveSession::new(
-        sid,
-        route.clone(),
-        client_version,
-        principal.clone(),
-        caps,
-        exp,
-        links,
-        gw.config.server.sse_replay_events,
-        false,
-    ));
+    let sess = Arc::new(
+        LiveSession::new(
+            sid,
+            route.clone(),
+            client_version,
+            principal.clone(),
+            caps,
+            exp,
+            links,
+            gw.config.server.sse_replay_events,
+            false,
+        )
+        .with_identity(subject),
+    );
     let token = match gw.sealer.seal(&sess.record(now), &principal) {
         Ok(t) => t,
         Err(e) => {
@@ -527,6 +543,7 @@ async fn connect(
     sid: &str,
     client_params: &RawValue,
     version: ProtocolVersion,
+    subject: &Subject,
 ) -> Result<(Link, Value), String> {
     match kind {
         UpstreamKind::Stdio { shared: Some(conn), .. } => {
@@ -567,7 +584,7 @@ async fn connect(
                 }
             }
         }
-        UpstreamKind::Http { client, .. } => init_http(gw, client, client_params.to_owned(), version).await,
+        UpstreamKind::Http { client, .. } => init_http(gw, client, client_params.to_owned(), version, subject).await,
     }
 }
 

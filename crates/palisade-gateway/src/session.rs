@@ -45,7 +45,42 @@ pub enum Link {
         /// The upstream's own session id; never shown to the client.
         session: Option<String>,
         version: String,
+        /// The session user's latest token, the subject of RFC 8693 token exchange.
+        subject: Subject,
     },
+}
+
+/// A slot with the latest verified identity of a session's user, shared by the session
+/// and its upstream links (replaced as the client refreshes its token).
+pub type Subject = Arc<Mutex<Option<Arc<palisade_auth::Identity>>>>;
+
+/// A subject slot holding `id`.
+pub fn subject(id: Option<&Arc<palisade_auth::Identity>>) -> Subject {
+    Arc::new(Mutex::new(id.cloned()))
+}
+
+/// The access token in a subject slot.
+pub fn subject_token(s: &Subject) -> Option<String> {
+    s.lock()
+        .ok()
+        .and_then(|g| g.as_ref().map(|i| i.subject_token().to_owned()))
+}
+
+impl Link {
+    /// The same link with another subject slot (an HTTP link shared between users).
+    pub fn with_subject(&self, s: &Subject) -> Link {
+        match self {
+            Link::Http {
+                up, session, version, ..
+            } => Link::Http {
+                up: up.clone(),
+                session: session.clone(),
+                version: version.clone(),
+                subject: s.clone(),
+            },
+            other => other.clone(),
+        }
+    }
 }
 
 /// Client capabilities that decide which server requests may be relayed.
@@ -127,10 +162,26 @@ pub struct LiveSession {
     pub tasks: Mutex<Vec<AbortHandle>>,
     /// A transient session for one stateless (2026-07-28) request.
     pub stateless: bool,
+    /// The latest verified token of the session's user, for RFC 8693 token exchange
+    /// towards upstreams (never forwarded itself). Replaced on every request.
+    pub identity: Subject,
     replay_cap: usize,
 }
 
 impl LiveSession {
+    /// Shares `s` as the session's identity slot (the one its links read).
+    pub fn with_identity(mut self, s: Subject) -> Self {
+        self.identity = s;
+        self
+    }
+
+    /// Records the caller's current token (after authentication of a request).
+    pub fn set_identity(&self, id: Option<&Arc<palisade_auth::Identity>>) {
+        if let (Some(id), Ok(mut slot)) = (id, self.identity.lock()) {
+            *slot = Some(id.clone());
+        }
+    }
+
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         sid: String,
@@ -162,6 +213,7 @@ impl LiveSession {
             subscriptions: Mutex::new(std::collections::HashSet::new()),
             tasks: Mutex::new(Vec::new()),
             stateless,
+            identity: subject(None),
             replay_cap,
         }
     }

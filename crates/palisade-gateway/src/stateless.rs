@@ -25,7 +25,7 @@ use serde_json::{Map, Value};
 use crate::gateway::{Gateway, UpstreamKind, gateway_init_params, init_http, to_raw};
 use crate::handlers::{VERSION_HEADER, handle_request, json_message, merge_results};
 use crate::hygiene::json_error;
-use crate::session::{ClientCaps, Link, LiveSession, Route};
+use crate::session::{ClientCaps, Link, LiveSession, Route, Subject};
 
 /// Error codes of 2026-07-28.
 pub const HEADER_MISMATCH: i64 = -32020;
@@ -183,9 +183,10 @@ pub async fn handle(gw: Arc<Gateway>, route: Route, caller: Caller, headers: Hea
         Kind::Request => {}
     }
     if msg.method() == "server/discover" {
-        return discover(&gw, &route, msg).await;
+        return discover(&gw, &route, &caller, msg).await;
     }
-    let links = match stateless_links(&gw, &route).await {
+    let subject = crate::session::subject(caller.identity.as_ref());
+    let links = match stateless_links(&gw, &route, &subject).await {
         Ok(l) => l,
         Err(e) => {
             return json_message(
@@ -201,22 +202,32 @@ pub async fn handle(gw: Arc<Gateway>, route: Route, caller: Caller, headers: Hea
             "cannot create request context",
         );
     };
-    let sess = Arc::new(LiveSession::new(
-        sid,
-        route,
-        ProtocolVersion::V2026_07_28,
-        caller.principal.clone(),
-        ClientCaps::default(),
-        unix(SystemTime::now()) + 3600,
-        links.into_iter().map(|(n, (l, _))| (n, l)).collect(),
-        gw.config.server.sse_replay_events,
-        true,
-    ));
+    let sess = Arc::new(
+        LiveSession::new(
+            sid,
+            route,
+            ProtocolVersion::V2026_07_28,
+            caller.principal.clone(),
+            ClientCaps::default(),
+            unix(SystemTime::now()) + 3600,
+            links
+                .into_iter()
+                .map(|(n, (l, _))| (n, l.with_subject(&subject)))
+                .collect(),
+            gw.config.server.sse_replay_events,
+            true,
+        )
+        .with_identity(subject),
+    );
     handle_request(gw, sess, &caller, msg).await
 }
 
 /// The gateway's own upstream links for stateless clients, with each InitializeResult.
-async fn stateless_links(gw: &Arc<Gateway>, route: &Route) -> Result<HashMap<String, (Link, Value)>, String> {
+async fn stateless_links(
+    gw: &Arc<Gateway>,
+    route: &Route,
+    subject: &Subject,
+) -> Result<HashMap<String, (Link, Value)>, String> {
     let mut out = HashMap::new();
     for name in gw.route_upstreams(route) {
         let Some(h) = gw.upstreams.get(&name) else { continue };
@@ -249,7 +260,9 @@ async fn stateless_links(gw: &Arc<Gateway>, route: &Route) -> Result<HashMap<Str
                     (link.clone(), v.clone())
                 } else {
                     let version = gw.latest_stateful();
-                    let (link, v) = init_http(gw, client, gateway_init_params(version), version).await?;
+                    // The shared link keeps no user; each request lends it its caller below.
+                    let (link, v) = init_http(gw, client, gateway_init_params(version), version, subject).await?;
+                    let link = link.with_subject(&crate::session::subject(None));
                     *slot = Some((link.clone(), v.clone()));
                     (link, v)
                 }
@@ -263,8 +276,9 @@ async fn stateless_links(gw: &Arc<Gateway>, route: &Route) -> Result<HashMap<Str
     Ok(out)
 }
 
-async fn discover(gw: &Arc<Gateway>, route: &Route, msg: Message) -> Response {
-    let links = match stateless_links(gw, route).await {
+async fn discover(gw: &Arc<Gateway>, route: &Route, caller: &Caller, msg: Message) -> Response {
+    let subject = crate::session::subject(caller.identity.as_ref());
+    let links = match stateless_links(gw, route, &subject).await {
         Ok(l) => l,
         Err(e) => {
             return json_message(

@@ -13,7 +13,10 @@ use palisade_config::HttpConfig;
 use palisade_wire::{Limits, Message, parse_message};
 
 use crate::UpstreamError;
+use crate::oauth::TokenClient;
 use crate::sse::{SseDecoder, SseEvent};
+use palisade_config::OAuthGrant;
+use palisade_secrets::SecretStore;
 
 /// A stream of messages from an SSE response.
 pub type MessageStream = Pin<Box<dyn Stream<Item = Result<Message, UpstreamError>> + Send>>;
@@ -42,35 +45,59 @@ pub struct HttpUpstream {
     client: reqwest::Client,
     /// The gateway's own credential headers for this upstream. Values are secret.
     credentials: HeaderMap,
+    /// An OAuth token the gateway obtains for this upstream (M5).
+    oauth: Option<TokenClient>,
     limits: Limits,
+}
+
+/// The gateway's own credentials for one upstream, resolved from the secret store.
+#[derive(Debug, Clone, Default)]
+pub struct UpstreamCredentials {
+    /// Static headers (`headers = { X-Api-Key = { secret = "..." } }`), marked sensitive.
+    pub headers: HeaderMap,
+    pub oauth: Option<TokenClient>,
+}
+
+impl UpstreamCredentials {
+    /// Resolves `headers` and `oauth` of an HTTP upstream (at start, so a missing
+    /// secret fails there and not on the first call).
+    pub async fn resolve(name: &str, cfg: &HttpConfig, store: &SecretStore) -> Result<Self, String> {
+        let mut headers = HeaderMap::new();
+        for (header, source) in &cfg.headers {
+            let hname = HeaderName::from_bytes(header.as_bytes())
+                .map_err(|_| format!("upstreams.{name}.headers: invalid header name {header:?}"))?;
+            let value = palisade_secrets::resolve(store, source)
+                .await
+                .map_err(|e| format!("upstreams.{name}.headers.{header}: {e}"))?;
+            let mut hv = HeaderValue::from_bytes(value.expose())
+                .map_err(|_| format!("upstreams.{name}.headers.{header}: value is not a valid header value"))?;
+            hv.set_sensitive(true);
+            headers.insert(hname, hv);
+        }
+        let oauth = match &cfg.oauth {
+            Some(o) => {
+                let secret = palisade_secrets::resolve(store, &o.client_secret)
+                    .await
+                    .map_err(|e| format!("upstreams.{name}.oauth.client_secret: {e}"))?;
+                Some(TokenClient::new(o, secret).map_err(|e| format!("upstreams.{name}.oauth: {e}"))?)
+            }
+            None => None,
+        };
+        Ok(UpstreamCredentials { headers, oauth })
+    }
 }
 
 const SESSION_HEADER: &str = "mcp-session-id";
 const VERSION_HEADER: &str = "mcp-protocol-version";
 
 impl HttpUpstream {
-    /// Builds the client; credential headers are read from the environment now,
-    /// so a missing secret fails at start, not on the first call.
-    pub fn new(name: &str, cfg: &HttpConfig, limits: Limits) -> Result<Self, String> {
+    /// Builds the client with the gateway's resolved credentials for this upstream.
+    pub fn new(name: &str, cfg: &HttpConfig, limits: Limits, creds: UpstreamCredentials) -> Result<Self, String> {
         let url = reqwest::Url::parse(&cfg.url).map_err(|e| format!("upstreams.{name}.url: {e}"))?;
-        let mut credentials = HeaderMap::new();
-        for (header, source) in &cfg.headers {
-            let hname = HeaderName::from_bytes(header.as_bytes())
-                .map_err(|_| format!("upstreams.{name}.headers: invalid header name {header:?}"))?;
-            let value = match source {
-                palisade_config::SecretRef::Env(var) => std::env::var(var)
-                    .map_err(|_| format!("upstreams.{name}.headers.{header}: environment variable {var} is not set"))?,
-                palisade_config::SecretRef::Secret(s) => {
-                    return Err(format!(
-                        "upstreams.{name}.headers.{header}: secret {s:?}: the secret store is not wired here yet"
-                    ));
-                }
-            };
-            let mut hv = HeaderValue::from_str(&value)
-                .map_err(|_| format!("upstreams.{name}.headers.{header}: value is not a valid header value"))?;
-            hv.set_sensitive(true);
-            credentials.insert(hname, hv);
-        }
+        let UpstreamCredentials {
+            headers: credentials,
+            oauth,
+        } = creds;
         let mut builder = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(Duration::from_millis(cfg.connect_timeout_ms))
@@ -111,6 +138,7 @@ impl HttpUpstream {
             url,
             client,
             credentials,
+            oauth,
             limits,
         })
     }
@@ -119,8 +147,33 @@ impl HttpUpstream {
         &self.name
     }
 
-    fn headers(&self, session: Option<&str>, version: Option<&str>) -> Result<HeaderMap, UpstreamError> {
+    /// Headers of one hop: the gateway's credential (never the client's), session, version.
+    /// `subject` is the caller's own token, used only as the RFC 8693 subject token.
+    async fn headers(
+        &self,
+        session: Option<&str>,
+        version: Option<&str>,
+        subject: Option<&str>,
+    ) -> Result<HeaderMap, UpstreamError> {
         let mut h = self.credentials.clone();
+        if let Some(oauth) = &self.oauth {
+            let token = match oauth.grant() {
+                OAuthGrant::ClientCredentials => oauth.token().await,
+                OAuthGrant::TokenExchange => match subject {
+                    Some(s) => oauth.exchange(s).await,
+                    None => {
+                        return Err(UpstreamError::Unavailable(
+                            "token exchange needs an authenticated caller".into(),
+                        ));
+                    }
+                },
+            }
+            .map_err(|e| UpstreamError::Unavailable(format!("upstream credential: {e}")))?;
+            let mut v = HeaderValue::from_bytes(format!("Bearer {}", token.expose_str().unwrap_or("")).as_bytes())
+                .map_err(|_| UpstreamError::Unavailable("upstream credential is not header text".into()))?;
+            v.set_sensitive(true);
+            h.insert(http::header::AUTHORIZATION, v);
+        }
         if let Some(s) = session {
             h.insert(
                 SESSION_HEADER,
@@ -145,8 +198,9 @@ impl HttpUpstream {
         version: Option<&str>,
         extra: &[(HeaderName, HeaderValue)],
         timeout: Duration,
+        subject: Option<&str>,
     ) -> Result<Answer, UpstreamError> {
-        let mut headers = self.headers(session, version)?;
+        let mut headers = self.headers(session, version, subject).await?;
         for (k, v) in extra {
             headers.insert(k.clone(), v.clone());
         }
@@ -185,7 +239,7 @@ impl HttpUpstream {
             .to_ascii_lowercase();
         if ctype.starts_with("text/event-stream") && status.is_success() {
             return Ok(Answer {
-                reply: Reply::Stream(self.sse(resp, session, version)),
+                reply: Reply::Stream(self.sse(resp, session, version, subject)),
                 session_id,
             });
         }
@@ -212,19 +266,25 @@ impl HttpUpstream {
         &self,
         session: Option<&str>,
         version: Option<&str>,
+        subject: Option<&str>,
     ) -> Result<Option<MessageStream>, UpstreamError> {
-        let resp = self.get_sse(session, version, None).await?;
+        let resp = self.get_sse(session, version, None, subject).await?;
         match resp.status() {
             StatusCode::METHOD_NOT_ALLOWED => Ok(None),
             StatusCode::NOT_FOUND => Err(UpstreamError::SessionExpired),
-            s if s.is_success() => Ok(Some(self.sse(resp, session, version))),
+            s if s.is_success() => Ok(Some(self.sse(resp, session, version, subject))),
             s => Err(UpstreamError::Status(s.as_u16())),
         }
     }
 
     /// Ends the upstream session (DELETE); errors are only logged by callers.
-    pub async fn delete(&self, session: &str, version: Option<&str>) -> Result<(), UpstreamError> {
-        let headers = self.headers(Some(session), version)?;
+    pub async fn delete(
+        &self,
+        session: &str,
+        version: Option<&str>,
+        subject: Option<&str>,
+    ) -> Result<(), UpstreamError> {
+        let headers = self.headers(Some(session), version, subject).await?;
         let resp = tokio::time::timeout(
             Duration::from_secs(5),
             self.client.delete(self.url.clone()).headers(headers).send(),
@@ -243,11 +303,18 @@ impl HttpUpstream {
     /// stream resumes with `GET` + `Last-Event-ID` after the upstream's `retry`
     /// delay; a stream that never carried an event id ends instead. The
     /// consumer ends it by dropping it once it has what it waited for.
-    fn sse(&self, resp: reqwest::Response, session: Option<&str>, version: Option<&str>) -> MessageStream {
+    fn sse(
+        &self,
+        resp: reqwest::Response,
+        session: Option<&str>,
+        version: Option<&str>,
+        subject: Option<&str>,
+    ) -> MessageStream {
         let state = SseState {
             up: self.clone(),
             session: session.map(str::to_owned),
             version: version.map(str::to_owned),
+            subject: subject.map(str::to_owned),
             body: Some(Box::pin(resp.bytes_stream())),
             decoder: SseDecoder::new(self.limits.max_bytes.saturating_add(4096)),
             queue: std::collections::VecDeque::new(),
@@ -279,7 +346,16 @@ impl HttpUpstream {
                     return None;
                 }
                 tokio::time::sleep(Duration::from_millis(st.retry_ms.min(MAX_RETRY_MS))).await;
-                match st.up.resume(st.session.as_deref(), st.version.as_deref(), &last).await {
+                match st
+                    .up
+                    .resume(
+                        st.session.as_deref(),
+                        st.version.as_deref(),
+                        &last,
+                        st.subject.as_deref(),
+                    )
+                    .await
+                {
                     Ok(resp) => st.body = Some(Box::pin(resp.bytes_stream())),
                     Err(e) => {
                         tracing::debug!(upstream = %st.up.name, error = %e, "upstream SSE resumption failed");
@@ -296,8 +372,9 @@ impl HttpUpstream {
         session: Option<&str>,
         version: Option<&str>,
         last_id: Option<&str>,
+        subject: Option<&str>,
     ) -> Result<reqwest::Response, UpstreamError> {
-        let mut headers = self.headers(session, version)?;
+        let mut headers = self.headers(session, version, subject).await?;
         if let Some(id) = last_id {
             headers.insert(
                 "last-event-id",
@@ -319,8 +396,9 @@ impl HttpUpstream {
         session: Option<&str>,
         version: Option<&str>,
         last_id: &str,
+        subject: Option<&str>,
     ) -> Result<reqwest::Response, UpstreamError> {
-        let resp = self.get_sse(session, version, Some(last_id)).await?;
+        let resp = self.get_sse(session, version, Some(last_id), subject).await?;
         match resp.status() {
             s if s.is_success() => Ok(resp),
             StatusCode::NOT_FOUND => Err(UpstreamError::SessionExpired),
@@ -340,6 +418,8 @@ struct SseState {
     up: HttpUpstream,
     session: Option<String>,
     version: Option<String>,
+    /// The caller's token for token exchange on resumption; never sent upstream itself.
+    subject: Option<String>,
     body: Option<ByteStream>,
     decoder: SseDecoder,
     queue: std::collections::VecDeque<Result<Message, UpstreamError>>,

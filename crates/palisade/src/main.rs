@@ -309,7 +309,14 @@ async fn run(config: Config, demo: Option<()>) -> ExitCode {
         }
         _ => None,
     };
-    let gw: Arc<Gateway> = match Gateway::new(config, sealer, auth) {
+    let creds = match upstream_credentials(&config).await {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let gw: Arc<Gateway> = match Gateway::new(config, sealer, auth, creds) {
         Ok(g) => g,
         Err(e) => {
             eprintln!("error: {e}");
@@ -434,13 +441,50 @@ fn secret_key(r: &SecretRef) -> String {
     }
 }
 
+/// The secret store, opened only when the configuration names a stored secret
+/// (environment references need none).
+fn secret_store(config: &Config) -> Result<palisade_secrets::SecretStore, String> {
+    let mut refs: Vec<&SecretRef> = Vec::new();
+    if let Some(ic) = &config.auth.introspection {
+        refs.push(&ic.client_secret);
+    }
+    for up in config.upstreams.values() {
+        if let palisade_config::Transport::Http(h) = &up.get_ref().transport {
+            refs.extend(h.headers.values());
+            refs.extend(h.oauth.iter().map(|o| &o.client_secret));
+        }
+    }
+    if refs.iter().any(|r| matches!(r, SecretRef::Secret(_))) {
+        palisade_secrets::SecretStore::from_config(&config.secrets).map_err(|e| format!("secrets: {e}"))
+    } else {
+        Ok(palisade_secrets::SecretStore::Env(palisade_secrets::EnvStore::new(
+            &config.secrets.env_prefix,
+        )))
+    }
+}
+
+/// The gateway's own credentials for each HTTP upstream (M5).
+async fn upstream_credentials(
+    config: &Config,
+) -> Result<std::collections::BTreeMap<String, palisade_upstream::http::UpstreamCredentials>, String> {
+    let store = secret_store(config)?;
+    let mut out = std::collections::BTreeMap::new();
+    for (name, up) in &config.upstreams {
+        if let palisade_config::Transport::Http(h) = &up.get_ref().transport {
+            let c = palisade_upstream::http::UpstreamCredentials::resolve(name, h, &store).await?;
+            out.insert(name.clone(), c);
+        }
+    }
+    Ok(out)
+}
+
 /// Reads the secrets authentication needs, from the environment or the secret store.
 async fn resolve_auth_secrets(config: &Config) -> Result<std::collections::HashMap<String, String>, String> {
     let mut out = std::collections::HashMap::new();
     let Some(ic) = &config.auth.introspection else {
         return Ok(out);
     };
-    let store = palisade_secrets::SecretStore::from_config(&config.secrets).map_err(|e| format!("secrets: {e}"))?;
+    let store = secret_store(config)?;
     let secret = palisade_secrets::resolve(&store, &ic.client_secret)
         .await
         .map_err(|e| format!("auth.introspection.client_secret: {e}"))?;

@@ -273,3 +273,139 @@ fn anonymous_or_development_issuer_on_a_public_address_refuses_to_start() {
         assert!(!String::from_utf8_lossy(&out.stdout).contains("listening"));
     }
 }
+
+/// A minimal OAuth token endpoint: answers every POST with a token derived from the
+/// grant (`cc-token`, or `xchg-<n>` for the n-th token exchange), and records bodies.
+struct TokenEndpoint {
+    url: String,
+    bodies: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+async fn token_endpoint() -> TokenEndpoint {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/token", listener.local_addr().unwrap());
+    let bodies = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let seen = bodies.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut sock, _)) = listener.accept().await else {
+                return;
+            };
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                // Read headers, then Content-Length bytes of body.
+                let (head_end, len) = loop {
+                    let n = sock.read(&mut chunk).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&buf[..p]).to_ascii_lowercase();
+                        let len = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .and_then(|v| v.trim().parse::<usize>().ok())
+                            .unwrap_or(0);
+                        break (p + 4, len);
+                    }
+                };
+                while buf.len() < head_end + len {
+                    let n = sock.read(&mut chunk).await.unwrap_or(0);
+                    if n == 0 {
+                        break;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                }
+                let body = String::from_utf8_lossy(&buf[head_end..]).into_owned();
+                let token = if body.contains("token-exchange") {
+                    let n = seen
+                        .lock()
+                        .unwrap()
+                        .iter()
+                        .filter(|b| b.contains("token-exchange"))
+                        .count();
+                    format!("xchg-{n}")
+                } else {
+                    "cc-token".to_owned()
+                };
+                seen.lock().unwrap().push(body);
+                let json = format!(r#"{{"access_token":"{token}","token_type":"Bearer","expires_in":3600}}"#);
+                let resp = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{json}",
+                    json.len()
+                );
+                let _ = sock.write_all(resp.as_bytes()).await;
+            });
+        }
+    });
+    TokenEndpoint { url, bodies }
+}
+
+async fn upstream_headers(url: &str, token: &str, sid: &str) -> Value {
+    let r = send(url, Some(token), Some(sid), &call(7, "request_headers", json!({}))).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let body: Value = serde_json::from_str(&r.body).expect("JSON response");
+    let text = body["result"]["content"][0]["text"].as_str().expect("text content");
+    serde_json::from_str(text).expect("headers object")
+}
+
+#[tokio::test]
+async fn upstreams_get_the_gateways_own_token_never_the_clients() {
+    let keys = tempfile::tempdir().unwrap();
+    let (_fixture, fixture_url) = start_http_fixture();
+    let idp = token_endpoint().await;
+    let upstreams = format!(
+        "[upstreams.cc]\ntransport = \"http\"\nurl = \"{fixture_url}\"\n\
+         [upstreams.cc.oauth]\ngrant = \"client_credentials\"\ntoken_endpoint = \"{0}\"\nclient_id = \"gw\"\nclient_secret = {{ env = \"TEST_CLIENT_SECRET\" }}\nscope = \"upstream\"\n\
+         [upstreams.xchg]\ntransport = \"http\"\nurl = \"{fixture_url}\"\n\
+         [upstreams.xchg.oauth]\ngrant = \"token_exchange\"\ntoken_endpoint = \"{0}\"\nclient_id = \"gw\"\nclient_secret = {{ env = \"TEST_CLIENT_SECRET\" }}\naudience = \"https://upstream.example\"\n",
+        idp.url
+    );
+    let auth = format!(
+        "[auth]\nmode = \"oauth\"\npublic_url = \"{PUBLIC}\"\n[auth.dev_issuer]\nkey_file = \"{}\"\n",
+        keys.path().join("dev.pem").display()
+    );
+    let gw = Gateway::start_with(&upstreams, &auth, &[("TEST_CLIENT_SECRET", "s3cret")]);
+    let alice = mint(&gw, &["--sub", "alice"]);
+
+    let cc = gw.url("/mcp/cc");
+    let sid = open(&cc, &alice).await;
+    let seen = upstream_headers(&cc, &alice, &sid).await;
+    assert_eq!(seen["authorization"], "Bearer cc-token", "{seen}");
+    assert!(
+        !seen.to_string().contains(&alice),
+        "the client's token reached the upstream: {seen}"
+    );
+
+    let xchg = gw.url("/mcp/xchg");
+    let sid = open(&xchg, &alice).await;
+    let seen = upstream_headers(&xchg, &alice, &sid).await;
+    let auth_header = seen["authorization"].as_str().unwrap_or_default();
+    assert!(auth_header.starts_with("Bearer xchg-"), "{seen}");
+    assert!(
+        !seen.to_string().contains(&alice),
+        "the client's token reached the upstream: {seen}"
+    );
+
+    // The authorization server saw the grant requests; the exchange carried Alice's token
+    // as the subject, and the client secret went in the Basic header, not the body.
+    let bodies = idp.bodies.lock().unwrap().clone();
+    assert!(
+        bodies.iter().any(|b| b.contains("grant_type=client_credentials")),
+        "{bodies:?}"
+    );
+    let exchange = bodies
+        .iter()
+        .find(|b| b.contains("token-exchange"))
+        .expect("an exchange request");
+    assert!(exchange.contains(&format!("subject_token={alice}")), "{exchange}");
+    assert!(
+        exchange.contains("audience=https%3A%2F%2Fupstream.example"),
+        "{exchange}"
+    );
+    assert!(bodies.iter().all(|b| !b.contains("s3cret")), "{bodies:?}");
+}
