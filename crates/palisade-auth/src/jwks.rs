@@ -190,11 +190,11 @@ impl KeyCache {
         if matches!(self.source, Source::Static) {
             return Lookup::Unknown;
         }
-        let refreshed = self.refresh().await;
+        self.refresh().await;
         let (keys, fetched) = self.snapshot();
         match find(&keys, kid, alg) {
             Some(k) => Lookup::Found(k),
-            None if fetched.is_none() && !refreshed => Lookup::Unavailable,
+            None if fetched.is_none() => Lookup::Unavailable,
             None => Lookup::Unknown,
         }
     }
@@ -202,6 +202,9 @@ impl KeyCache {
     /// Refreshes unless one was attempted within `min_refresh`. Returns whether a fetch succeeded.
     pub async fn refresh(&self) -> bool {
         if !self.may_attempt() {
+            // Within the flood guard no new fetch starts, but one in flight (the start-up
+            // fetch, say) is awaited, so its keys are seen.
+            drop(self.refreshing.lock().await);
             return false;
         }
         let _one = self.refreshing.lock().await;
