@@ -43,17 +43,39 @@ pub fn route_path(route: &Route) -> String {
 
 const NO_SCOPES: &[String] = &[];
 
-/// What an endpoint demands, from its upstream's `auth` table.
+/// What an endpoint demands, from its upstream's `auth` table. The aggregated
+/// endpoint demands what every upstream in it demands (fail closed: it reaches them all).
 fn endpoint<'a>(gw: &'a Gateway, route: &Route, path: &'a str) -> Endpoint<'a> {
-    let cfg = match route {
-        Route::Single(n) => gw.upstreams.get(n).map(|h| &h.config.auth),
-        Route::Aggregate => None,
-    };
-    Endpoint {
-        path,
-        scopes: cfg.map_or(NO_SCOPES, |c| c.required_scopes.as_slice()),
-        require_dpop: cfg.is_some_and(|c| c.require_dpop),
+    match route {
+        Route::Single(n) => {
+            let cfg = gw.upstreams.get(n).map(|h| &h.config.auth);
+            Endpoint {
+                path,
+                scopes: cfg.map_or(NO_SCOPES, |c| c.required_scopes.as_slice()),
+                require_dpop: cfg.is_some_and(|c| c.require_dpop),
+            }
+        }
+        Route::Aggregate => Endpoint {
+            path,
+            scopes: &gw.aggregate_auth.0,
+            require_dpop: gw.aggregate_auth.1,
+        },
     }
+}
+
+/// Scopes and DPoP requirement of the aggregated endpoint: the union over its upstreams.
+pub fn aggregate_requirements(config: &palisade_config::Config) -> (Vec<String>, bool) {
+    let mut scopes: Vec<String> = Vec::new();
+    let mut dpop = false;
+    for (_, up) in config.aggregate_upstreams() {
+        dpop |= up.auth.require_dpop;
+        for s in &up.auth.required_scopes {
+            if !scopes.contains(s) {
+                scopes.push(s.clone());
+            }
+        }
+    }
+    (scopes, dpop)
 }
 
 /// Authenticates a request to an MCP endpoint, or answers with the challenge.
@@ -115,8 +137,8 @@ fn refusal(gw: &Gateway, e: &AuthError, ep: &Endpoint<'_>) -> Response {
     r
 }
 
-/// Step-up for `tools/call` (Z4): the tool's `step_up` entry, and on the aggregated
-/// endpoint the owning upstream's endpoint scopes.
+/// Step-up for `tools/call` (Z4): the tool's `step_up` entry, on whichever endpoint
+/// the tool is reached through.
 pub fn check_tool(
     gw: &Gateway,
     sess: &LiveSession,
@@ -130,23 +152,11 @@ pub fn check_tool(
     let Some(h) = gw.upstreams.get(upstream) else {
         return Ok(());
     };
-    let path = route_path(&sess.route);
-    let cfg = &h.config.auth;
-    let none = palisade_config::StepUp::default();
-    let step = cfg.step_up.get(tool).unwrap_or(&none);
-    let aggregate = matches!(sess.route, Route::Aggregate);
-    if !aggregate && step.scopes.is_empty() && step.acr.is_empty() && step.amr.is_empty() && step.max_age_s.is_none() {
+    let Some(step) = h.config.auth.step_up.get(tool) else {
         return Ok(());
-    }
-    let ep = Endpoint {
-        path: &path,
-        scopes: if aggregate {
-            cfg.required_scopes.as_slice()
-        } else {
-            NO_SCOPES
-        },
-        require_dpop: false,
     };
+    let path = route_path(&sess.route);
+    let ep = endpoint(gw, &sess.route, &path);
     auth.check_step_up(id, &ep, step, unix(SystemTime::now())).map_err(|e| {
         audit_failure(&e, &path, Some(&caller.principal));
         refusal(gw, &e, &endpoint(gw, &sess.route, &path))

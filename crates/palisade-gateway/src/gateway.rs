@@ -91,6 +91,8 @@ pub struct Gateway {
     pub sealer: SessionSealer,
     /// The resource server; `None` when `auth.mode = "none"`.
     pub auth: Option<Arc<palisade_auth::Authenticator>>,
+    /// Scopes and DPoP requirement of the aggregated endpoint (union over its upstreams).
+    pub aggregate_auth: (Vec<String>, bool),
     pub revoked: RevocationList,
     pub sessions: Mutex<HashMap<String, Arc<LiveSession>>>,
     pub upstreams: BTreeMap<String, Arc<UpstreamHandle>>,
@@ -149,6 +151,7 @@ impl Gateway {
             .max()
             .unwrap_or(ProtocolVersion::LATEST_STATEFUL);
         check_aliases(&config)?;
+        let aggregate_auth = crate::auth::aggregate_requirements(&config);
         let mut upstreams = BTreeMap::new();
         let mut pending_stdio = Vec::new();
         for (name, up) in &config.upstreams {
@@ -196,6 +199,7 @@ impl Gateway {
             limits,
             versions,
             sealer,
+            aggregate_auth,
             auth,
             revoked: RevocationList::default(),
             sessions: Mutex::new(HashMap::new()),

@@ -163,13 +163,15 @@ async fn read_body(gw: &Gateway, body: Body) -> Result<Bytes, Response> {
 
 async fn post(gw: Arc<Gateway>, route: Route, uri: Uri, headers: HeaderMap, body: Body) -> Response {
     // Authenticate before reading the body: unauthenticated callers cost nothing more.
+    // Endpoint names are public (Protected Resource Metadata lists them); checking the
+    // route first keeps unknown paths out of authentication and its audit events.
+    if !route_exists(&gw, &route) {
+        return json_error(StatusCode::NOT_FOUND, codes::INVALID_REQUEST, "no such MCP endpoint");
+    }
     let caller = match authenticate(&gw, &route, &Method::POST, &uri, &headers).await {
         Ok(c) => c,
         Err(r) => return r,
     };
-    if !route_exists(&gw, &route) {
-        return json_error(StatusCode::NOT_FOUND, codes::INVALID_REQUEST, "no such MCP endpoint");
-    }
     let ctype = header_str(&headers, "content-type").unwrap_or("");
     if !ctype.to_ascii_lowercase().starts_with("application/json") {
         return json_error(
@@ -795,13 +797,15 @@ fn client_response(gw: &Arc<Gateway>, sess: &Arc<LiveSession>, mut msg: Message)
 }
 
 async fn get(gw: Arc<Gateway>, route: Route, uri: Uri, headers: HeaderMap) -> Response {
+    // Endpoint names are public (Protected Resource Metadata lists them); checking the
+    // route first keeps unknown paths out of authentication and its audit events.
+    if !route_exists(&gw, &route) {
+        return json_error(StatusCode::NOT_FOUND, codes::INVALID_REQUEST, "no such MCP endpoint");
+    }
     let caller = match authenticate(&gw, &route, &Method::GET, &uri, &headers).await {
         Ok(c) => c,
         Err(r) => return r,
     };
-    if !route_exists(&gw, &route) {
-        return json_error(StatusCode::NOT_FOUND, codes::INVALID_REQUEST, "no such MCP endpoint");
-    }
     if header_str(&headers, VERSION_HEADER)
         .and_then(ProtocolVersion::parse)
         .is_some_and(ProtocolVersion::is_stateless)
@@ -853,13 +857,15 @@ fn attach_standalone(gw: &Arc<Gateway>, sess: &Arc<LiveSession>, from: u64) -> R
 }
 
 async fn delete(gw: Arc<Gateway>, route: Route, uri: Uri, headers: HeaderMap) -> Response {
+    // Endpoint names are public (Protected Resource Metadata lists them); checking the
+    // route first keeps unknown paths out of authentication and its audit events.
+    if !route_exists(&gw, &route) {
+        return json_error(StatusCode::NOT_FOUND, codes::INVALID_REQUEST, "no such MCP endpoint");
+    }
     let caller = match authenticate(&gw, &route, &Method::DELETE, &uri, &headers).await {
         Ok(c) => c,
         Err(r) => return r,
     };
-    if !route_exists(&gw, &route) {
-        return json_error(StatusCode::NOT_FOUND, codes::INVALID_REQUEST, "no such MCP endpoint");
-    }
     if header_str(&headers, VERSION_HEADER)
         .and_then(ProtocolVersion::parse)
         .is_some_and(ProtocolVersion::is_stateless)

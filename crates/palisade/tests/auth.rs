@@ -242,6 +242,12 @@ async fn endpoint_scopes_are_required() {
     assert!(challenge(&r).contains("error=\"insufficient_scope\""));
     let with = mint(&gw, &["--sub", "alice", "--scope", "other demo"]);
     assert_eq!(send(&url, Some(&with), None, &init_msg()).await.status, 200);
+    // The aggregated endpoint reaches the same upstream, so it demands the same scope.
+    let agg = gw.url("/mcp");
+    let r = send(&agg, Some(&without), None, &init_msg()).await;
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert!(challenge(&r).contains("scope=\"demo\""), "{}", challenge(&r));
+    assert_eq!(send(&agg, Some(&with), None, &init_msg()).await.status, 200);
 }
 
 #[test]
