@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from palisade_auth import Gateway, HeaderEchoServer, IdP, KeySet, StartError, StartGateway, gateway_config
+from palisade_auth import wait_for_keys as keys_loaded
 
 
 @pytest.fixture
@@ -31,20 +32,28 @@ def idp(keys: KeySet) -> Iterator[IdP]:
 
 
 @pytest.fixture
-def start_gateway(tmp_path: Path) -> Iterator[StartGateway]:
-    """Factory: start_gateway(config_dict) -> a running Gateway; all are stopped at teardown.
+def start_gateway(tmp_path: Path, idp: IdP) -> Iterator[StartGateway]:
+    """Factory: start_gateway(config_dict, wait_for_keys=True) -> a running Gateway; all are stopped at
+    teardown.
 
-    The tail of each gateway's stderr is printed at teardown, so a failing test
-    shows what the gateway logged.
+    When the config trusts the test issuer (``idp``, with its jwks_uri), the factory also waits until the
+    gateway has loaded that issuer's keys (``wait_for_keys``: polled with a valid token), so tests do not
+    race the gateway's background key fetch. The tail of each gateway's output is printed at teardown,
+    so a failing test shows what the gateway logged.
     """
     started: list[Gateway] = []
 
-    def start(config: dict[str, Any], **kw: Any) -> Gateway:
+    def start(config: dict[str, Any], *, wait_for_keys: bool = True, **kw: Any) -> Gateway:
         try:
             gw = Gateway(config, tmp_path, **kw)
         except StartError as exc:
             pytest.fail(f"gateway did not start: {exc}", pytrace=False)
         started.append(gw)
+        ours = [i for i in config["auth"].get("issuers", [])
+                if i.get("issuer") == idp.issuer and i.get("jwks_uri")]
+        if wait_for_keys and ours:
+            alg = ours[0].get("algorithms", ["ES256"])[0]
+            keys_loaded(gw, lambda: idp.token(gw.endpoint("demo"), alg=alg, sub="key-probe"))
         return gw
 
     yield start

@@ -112,6 +112,18 @@ def now() -> int:
     return int(time.time())
 
 
+def wait_until(condition: Callable[[], Any], *, timeout: float, what: str, interval: float = 0.05) -> Any:
+    """Poll ``condition`` until it returns something truthy (returned), or fail after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
 # --------------------------------------------------------------------------- keys
 
 
@@ -319,6 +331,7 @@ class DocServer:
 
     def __init__(self) -> None:
         self._routes: dict[str, tuple[int, str, bytes]] = {}
+        self._delays: dict[str, float] = {}
         self._hits: Counter[str] = Counter()
         self._lock = threading.Lock()
         owner = self
@@ -331,6 +344,9 @@ class DocServer:
                 with owner._lock:
                     owner._hits[path] += 1
                     route = owner._routes.get(path)
+                    delay = owner._delays.get(path, 0.0)
+                if delay:
+                    time.sleep(delay)  # a slow identity provider, on purpose
                 status, ctype, body = route or (404, "application/json", b'{"error":"not_found"}')
                 self.send_response(status)
                 self.send_header("Content-Type", ctype)
@@ -361,6 +377,11 @@ class DocServer:
     def set_text(self, path: str, text: str | bytes, content_type: str = "text/plain") -> None:
         with self._lock:
             self._routes[path] = (200, content_type, text if isinstance(text, bytes) else text.encode())
+
+    def set_delay(self, path: str, seconds: float) -> None:
+        """Answer requests for ``path`` only after ``seconds`` (a slow identity provider)."""
+        with self._lock:
+            self._delays[path] = seconds
 
     def remove(self, path: str) -> None:
         with self._lock:
@@ -701,12 +722,16 @@ _DEFAULT: Any = object()
 class Mcp:
     """A raw Streamable HTTP MCP client: one POST per call, every status and header visible."""
 
-    def __init__(self, url: str, auth: Auth = no_auth) -> None:
+    def __init__(self, url: str, auth: Auth = no_auth, *, keepalive: bool = True) -> None:
+        """``keepalive=False`` opens a new connection per request (for loops of refused requests, so a
+        connection the gateway drops after a refusal cannot fail the next one; that behaviour has its own
+        test)."""
         self.url = url
         self.auth = auth
         self.session_id: str | None = None
         self._next_id = 0
-        self.http = httpx2.Client(timeout=httpx2.Timeout(REQUEST_TIMEOUT))
+        limits = httpx2.Limits() if keepalive else httpx2.Limits(max_keepalive_connections=0)
+        self.http = httpx2.Client(timeout=httpx2.Timeout(REQUEST_TIMEOUT), limits=limits)
 
     def __enter__(self) -> Mcp:
         return self
@@ -826,6 +851,29 @@ def describe(resp: httpx2.Response) -> str:
     return f"HTTP {resp.status_code} {resp.request.method} {resp.request.url} headers={hdrs} body={body!r}"
 
 
+def wait_for_keys(gw: Gateway, token: str | Callable[[], str], *, endpoint: str | None = "demo",
+                  timeout: float = 10) -> None:
+    """Poll until the gateway has its issuer's signing keys: a request with ``token`` is accepted or
+    refused for any reason but ``keys_unavailable``.
+
+    The gateway prints its ready line before the first JWKS fetch / discovery completes, and refuses
+    tokens meanwhile (see test_auth_valid_tokens.py::test_request_while_keys_load_is_not_refused);
+    tests about other things wait for the keys first.
+    """
+    def loaded() -> bool:
+        mark = gw.mark()
+        value = token() if callable(token) else token
+        with Mcp(gw.endpoint(endpoint), bearer(value), keepalive=False) as client:
+            resp = client.post(client.initialize_message(), session_id=None)
+        if resp.status_code == 200:
+            return True
+        failure = gw.wait_for_audit(lambda e: audit_field(e, "event") == "auth.failure", since=mark,
+                                    what="auth.failure audit event for the key probe")
+        return audit_field(failure, "reason") != "keys_unavailable"
+
+    wait_until(loaded, timeout=timeout, what="the gateway to load its issuer's signing keys", interval=0.05)
+
+
 # --------------------------------------------------------------------------- WWW-Authenticate
 
 @dataclass
@@ -937,6 +985,8 @@ AUDIT_REASONS: dict[str, frozenset[str] | None] = {
     "not_yet_valid": frozenset({"not_yet_valid"}),
     "missing_exp": frozenset({"missing_claim", "expired"}),
     "nested_jwt": frozenset({"nested_jwt"}),
+    # a JWT as payload is not a JSON object: refused while decoding, before the cty check
+    "nested_jwt_payload": frozenset({"nested_jwt", "malformed_token"}),
     "wrong_typ": frozenset({"wrong_typ"}),
     "insufficient_scope": frozenset({"insufficient_scope"}),
     "step_up_scope": frozenset({"insufficient_scope"}),

@@ -159,4 +159,10 @@ def test_nested_jwt_is_refused(gw: Gateway, idp: IdP, keys: KeySet) -> None:
     trusted issuer) is not unwrapped → 401."""
     inner = idp.token(gw.endpoint("demo"), alg="ES256")
     outer = mint(keys.rsa, inner.encode(), alg="RS256", cty="JWT")
-    refused(gw, outer, "nested_jwt")
+    refused(gw, outer, "nested_jwt_payload")
+
+
+def test_cty_jwt_header_is_refused(gw: Gateway, idp: IdP, keys: KeySet) -> None:
+    """Asserts: a validly signed token with good claims but `cty: JWT` (announcing nesting) → 401,
+    audited nested_jwt."""
+    refused(gw, mint(keys.ec, claims(idp.issuer, gw.endpoint("demo")), alg="ES256", cty="JWT"), "nested_jwt")

@@ -34,6 +34,7 @@ from palisade_auth import (
     decode_unverified,
     gateway_config,
     node_bin,
+    wait_for_keys,
 )
 
 PROVIDER = REPO / "tests" / "node" / "oidc" / "provider.mjs"
@@ -111,6 +112,7 @@ async def test_sdk_client_through_gateway_with_provider_token(provider: OidcProv
     header, payload = decode_unverified(token)
     assert header.get("typ") == "at+jwt" and payload.get("aud") == resource, (header, payload)
     assert "mcp" in payload.get("scope", "").split(), payload
+    wait_for_keys(oidc_gw, token)  # discovery and the JWKS fetch run in the background after start
 
     http = httpx2.AsyncClient(headers={"authorization": f"Bearer {token}"},
                               timeout=httpx2.Timeout(10.0, read=REQUEST_TIMEOUT * 2))
@@ -135,6 +137,7 @@ def test_provider_token_for_another_resource_is_refused(provider: OidcProvider, 
     (audited wrong_audience)."""
     _, _, token_endpoint = discover_token_endpoint(oidc_gw)
     token = provider.token(token_endpoint, oidc_gw.endpoint("other"))["access_token"]
+    wait_for_keys(oidc_gw, token)
     mark = oidc_gw.mark()
     with Mcp(oidc_gw.endpoint("demo"), bearer(token)) as client:
         resp = client.initialize()
@@ -147,6 +150,7 @@ def test_provider_token_without_scope_is_403(provider: OidcProvider, oidc_gw: Ga
     insufficient_scope."""
     _, _, token_endpoint = discover_token_endpoint(oidc_gw)
     grant = provider.token(token_endpoint, oidc_gw.endpoint("demo"), scope="openid")
+    wait_for_keys(oidc_gw, grant["access_token"])
     with Mcp(oidc_gw.endpoint("demo"), bearer(grant["access_token"])) as client:
         resp = client.initialize()
     assert_insufficient_scope(resp, oidc_gw, missing={"mcp"}, required={"mcp"})

@@ -3,6 +3,8 @@ the Protected Resource Metadata (RFC 9728) it points at."""
 
 from __future__ import annotations
 
+import uuid
+
 import httpx2
 import pytest
 
@@ -17,9 +19,11 @@ from palisade_auth import (
     assert_unauthenticated,
     b64url,
     bearer,
+    claims,
     describe,
     find_challenge,
     gateway_config,
+    mint,
     no_auth,
     rpc_result,
 )
@@ -184,3 +188,33 @@ def test_protected_resource_metadata_for_root_and_aggregated(gw: Gateway, idp: I
     assert agg.status_code == 200, describe(agg)
     assert agg.json().get("resource") == gw.endpoint(None), agg.json()
     assert unknown.status_code == 404, f"metadata for an unknown endpoint: {describe(unknown)}"
+
+
+@pytest.mark.parametrize("refusal", ["wrong-audience", "unknown-kid", "missing-token"])
+def test_refusals_keep_connections_usable(gw: Gateway, idp: IdP, refusal: str) -> None:
+    """Asserts: 100 refused POSTs in a row on one keep-alive connection never end in a connection the
+    gateway closes without a response; if the gateway wants to close after a refusal it must say
+    `Connection: close` (HTTP clients reuse pooled connections, and a silently dropped one fails the
+    client's next request)."""
+    def headers() -> dict[str, str]:
+        if refusal == "wrong-audience":
+            return {"authorization": f"Bearer {idp.token('https://elsewhere.example/mcp')}"}
+        if refusal == "unknown-kid":
+            forged = mint(idp.keys.attacker_ec, claims(idp.issuer, gw.endpoint("demo")), alg="ES256",
+                          kid="unknown-" + uuid.uuid4().hex)
+            return {"authorization": f"Bearer {forged}"}
+        return {}
+
+    dropped = []
+    with Mcp(gw.endpoint("demo"), lambda _m, _u: headers()) as client:
+        for i in range(100):
+            try:
+                resp = client.post(client.initialize_message(), session_id=None)
+            except httpx2.RemoteProtocolError as exc:
+                dropped.append(f"request {i}: {exc}")
+                continue
+            assert resp.status_code == 401, describe(resp)
+            if resp.headers.get("connection", "").lower() == "close":
+                continue  # announced; the client opens a new connection
+    assert not dropped, (f"{len(dropped)} of 100 requests after a refusal hit a connection the gateway had "
+                         f"closed without `Connection: close`: {dropped[:3]}")

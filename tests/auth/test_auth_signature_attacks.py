@@ -107,7 +107,7 @@ def test_unknown_kid_flood_is_rate_limited(gw: Gateway, idp: IdP, keys: KeySet) 
     (refreshes on unknown kid are rate-limited per issuer); a valid token still works afterwards."""
     mark = gw.mark()
     statuses = []
-    with Mcp(gw.endpoint("demo")) as client:
+    with Mcp(gw.endpoint("demo"), keepalive=False) as client:
         for _ in range(50):
             kid = uuid.uuid4().hex
             token = mint(keys.attacker_rsa, claims(idp.issuer, gw.endpoint("demo")), alg="RS256", kid=kid)
@@ -140,7 +140,7 @@ def test_new_key_is_picked_up_after_rotation(idp: IdP, keys: KeySet, start_gatew
     rotated = ec_key("rotated-ec")
     idp.server.set_json("/jwks.json", {"keys": keys.jwks()["keys"] + [rotated.public_jwk()]})
     deadline = time.monotonic() + 15
-    with Mcp(gw.endpoint("demo")) as client:
+    with Mcp(gw.endpoint("demo"), keepalive=False) as client:
         while True:
             token = mint(rotated, claims(idp.issuer, gw.endpoint("demo")), alg="ES256")
             resp = client.initialize(auth=bearer(token))

@@ -9,8 +9,11 @@ from palisade_auth import (
     IdP,
     Gateway,
     Mcp,
+    StartGateway,
     assert_audit_success,
     bearer,
+    describe,
+    gateway_config,
     rpc_result,
     tool_text,
 )
@@ -72,3 +75,15 @@ def test_lowercase_bearer_scheme_is_accepted(gw: Gateway, idp: IdP) -> None:
     token = idp.token(gw.endpoint("demo"))
     with Mcp(gw.endpoint("demo"), bearer(token, scheme="bearer")) as client:
         echo_round_trip(client)
+
+
+def test_request_while_keys_load_is_not_refused(idp: IdP, start_gateway: StartGateway) -> None:
+    """Asserts: a valid token sent right after the ready line, while the issuer's JWKS is still being
+    fetched (the JWKS server answers after 1.5 s), is accepted: the request waits for the in-flight key
+    fetch (or the gateway is not ready before its keys are) instead of failing with keys_unavailable."""
+    idp.server.set_delay("/jwks.json", 1.5)
+    gw = start_gateway(gateway_config([idp.issuer_entry()]), wait_for_keys=False)
+    token = idp.token(gw.endpoint("demo"))
+    with Mcp(gw.endpoint("demo"), bearer(token)) as client:
+        resp = client.initialize()
+    assert resp.status_code == 200, f"refused while the first key fetch was in flight: {describe(resp)}"
