@@ -472,3 +472,122 @@ pub fn token_digest(token: &str) -> String {
         .map(|b| format!("{b:02x}"))
         .collect()
 }
+
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn dev_auth(dir: &std::path::Path) -> Authenticator {
+        let cfg: AuthConfig = toml::from_str(&format!(
+            "mode = \"oauth\"\n[dev_issuer]\nkey_file = \"{}\"\n",
+            dir.join("k.pem").display()
+        ))
+        .unwrap();
+        Authenticator::new(&cfg, "http://127.0.0.1:1", &|_| Err("none".into())).unwrap()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+
+        /// Hostile Authorization and DPoP values are refused with an error, never a panic.
+        #[test]
+        fn arbitrary_credentials_are_refused(
+            token in "[A-Za-z0-9._~+/=-]{0,300}",
+            proof in "[ -~]{0,300}",
+            dpop in any::<bool>(),
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let auth = dev_auth(dir.path());
+            let mut h = HeaderMap::new();
+            let scheme = if dpop { "DPoP" } else { "Bearer" };
+            h.insert(http::header::AUTHORIZATION, http::HeaderValue::from_str(&format!("{scheme} {token}")).unwrap());
+            if let Ok(v) = http::HeaderValue::from_str(&proof) {
+                h.insert("dpop", v);
+            }
+            let req = Request { method: "POST", path: "/mcp/x", query: None, headers: &h };
+            let ep = Endpoint { path: "/mcp/x", scopes: &[], require_dpop: dpop };
+            let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            prop_assert!(rt.block_on(auth.authenticate(&req, &ep, 1_000)).is_err());
+        }
+
+        /// Structured but forged tokens (valid base64url JSON segments) never verify.
+        #[test]
+        fn forged_jwts_are_refused(
+            header in prop::collection::btree_map("[a-z]{1,5}", "[a-zA-Z0-9]{0,8}", 0..5),
+            claims in prop::collection::btree_map("[a-z]{1,5}", "[a-zA-Z0-9]{0,8}", 0..5),
+            sig in "[A-Za-z0-9_-]{1,90}",
+        ) {
+            use base64::Engine;
+            let b = |v: &std::collections::BTreeMap<String, String>| {
+                base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(serde_json::to_vec(v).unwrap())
+            };
+            let token = format!("{}.{}.{sig}", b(&header), b(&claims));
+            let dir = tempfile::tempdir().unwrap();
+            let auth = dev_auth(dir.path());
+            let mut h = HeaderMap::new();
+            h.insert(http::header::AUTHORIZATION, http::HeaderValue::from_str(&format!("Bearer {token}")).unwrap());
+            let req = Request { method: "POST", path: "/mcp/x", query: None, headers: &h };
+            let ep = Endpoint { path: "/mcp/x", scopes: &[], require_dpop: false };
+            let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            prop_assert!(rt.block_on(auth.authenticate(&req, &ep, 1_000)).is_err());
+        }
+    }
+
+    #[test]
+    fn dev_tokens_verify_for_their_audience_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let auth = dev_auth(dir.path());
+        let dev = auth.dev_issuer().unwrap().clone();
+        let now = palisade_session::unix(std::time::SystemTime::now());
+        let mint = |aud: &str, scopes: &[&str]| {
+            dev.mint(
+                &MintRequest {
+                    subject: "alice".into(),
+                    audiences: vec![aud.into()],
+                    scopes: scopes.iter().map(|s| s.to_string()).collect(),
+                    ..Default::default()
+                },
+                now,
+            )
+            .unwrap()
+        };
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let run = |token: &str, scopes: &[String]| {
+            let mut h = HeaderMap::new();
+            h.insert(
+                http::header::AUTHORIZATION,
+                http::HeaderValue::from_str(&format!("Bearer {token}")).unwrap(),
+            );
+            let req = Request {
+                method: "POST",
+                path: "/mcp/x",
+                query: None,
+                headers: &h,
+            };
+            let ep = Endpoint {
+                path: "/mcp/x",
+                scopes,
+                require_dpop: false,
+            };
+            rt.block_on(auth.authenticate(&req, &ep, now))
+        };
+        let ok = mint("http://127.0.0.1:1/mcp/x", &["read"]);
+        let id = run(&ok, &[]).unwrap();
+        assert_eq!(id.principal.subject(), "alice");
+        assert!(!format!("{id:?}").contains(&ok), "Debug must not print the token");
+        // Served from the cache the second time; audience and scopes are still checked.
+        assert_eq!(
+            run(&ok, &["write".into()]).unwrap_err().reason,
+            Reason::InsufficientScope
+        );
+        let other = mint("http://127.0.0.1:1/mcp/y", &[]);
+        assert_eq!(run(&other, &[]).unwrap_err().reason, Reason::WrongAudience);
+        // A flipped signature byte fails.
+        let mut bad = ok.clone().into_bytes();
+        let i = bad.len() - 5;
+        bad[i] = if bad[i] == b'A' { b'B' } else { b'A' };
+        let bad = String::from_utf8(bad).unwrap();
+        assert_eq!(run(&bad, &[]).unwrap_err().reason, Reason::BadSignature);
+    }
+}
