@@ -52,7 +52,17 @@ pub struct MintRequest {
 impl DevIssuer {
     /// Loads the key at `path`, creating it (mode 0600) when missing.
     pub fn load_or_create(path: &Path, public_url: &str, ttl_s: u64) -> Result<Self, String> {
+        if let Some(dir) = path.parent()
+            && !dir.as_os_str().is_empty()
+        {
+            if !dir.exists() {
+                create_private_dir(dir)?;
+            }
+            check_private(dir, 0o022)?;
+        }
         let pkcs8 = if path.exists() {
+            // Whoever can write or plant this key can mint accepted tokens.
+            check_private(path, 0o077)?;
             read_pem(path)?
         } else {
             let doc = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &SystemRandom::new())
@@ -167,6 +177,48 @@ fn read_pem(path: &Path) -> Result<Vec<u8>, String> {
         .map_err(|_| format!("{}: malformed PEM", path.display()))
 }
 
+/// Refuses a path not owned by this user, or with any of `forbidden` mode bits.
+fn check_private(path: &Path, forbidden: u32) -> Result<(), String> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::symlink_metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        if meta.file_type().is_symlink() {
+            return Err(format!(
+                "{} is a symbolic link; refusing it for a signing key",
+                path.display()
+            ));
+        }
+        if meta.uid() != nix::unistd::geteuid().as_raw() {
+            return Err(format!(
+                "{} is owned by another user; refusing it for a signing key",
+                path.display()
+            ));
+        }
+        if meta.mode() & forbidden != 0 {
+            return Err(format!(
+                "{} is accessible to other users (mode {:o}); refusing it for a signing key",
+                path.display(),
+                meta.mode() & 0o777
+            ));
+        }
+    }
+    let _ = (path, forbidden);
+    Ok(())
+}
+
+fn create_private_dir(dir: &Path) -> Result<(), String> {
+    let mut b = std::fs::DirBuilder::new();
+    b.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        b.mode(0o700);
+    }
+    b.create(dir)
+        .map_err(|e| format!("cannot create {}: {e}", dir.display()))
+}
+
 fn write_pem(path: &Path, der: &[u8]) -> Result<(), String> {
     let b64 = STANDARD.encode(der);
     let mut text = String::from(PEM_BEGIN);
@@ -177,11 +229,6 @@ fn write_pem(path: &Path, der: &[u8]) -> Result<(), String> {
     }
     text.push_str(PEM_END);
     text.push('\n');
-    if let Some(dir) = path.parent()
-        && !dir.as_os_str().is_empty()
-    {
-        std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    }
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create_new(true);
     #[cfg(unix)]
@@ -215,5 +262,20 @@ mod tests {
         }
         std::fs::write(&path, "garbage").unwrap();
         assert!(DevIssuer::load_or_create(&path, "http://x", 60).is_err());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            // A key other users can read (or a planted one) is refused, not used.
+            let loose = dir.path().join("k/loose.pem");
+            DevIssuer::load_or_create(&loose, "http://x", 60).unwrap();
+            std::fs::set_permissions(&loose, std::fs::Permissions::from_mode(0o644)).unwrap();
+            let e = DevIssuer::load_or_create(&loose, "http://x", 60).unwrap_err();
+            assert!(e.contains("accessible to other users"), "{e}");
+            let open_dir = dir.path().join("shared");
+            std::fs::create_dir(&open_dir).unwrap();
+            std::fs::set_permissions(&open_dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+            let e = DevIssuer::load_or_create(&open_dir.join("k.pem"), "http://x", 60).unwrap_err();
+            assert!(e.contains("accessible to other users"), "{e}");
+        }
     }
 }

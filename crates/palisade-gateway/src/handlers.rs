@@ -132,6 +132,26 @@ fn decode_error_response(e: DecodeError) -> Response {
     json_message(status, &Message::error(e.id, e.code, &e.message, None))
 }
 
+/// Reads and discards a refused request's body (bounded by size and time, nothing kept),
+/// so the client's keep-alive connection stays usable for its retry with a token.
+async fn drain(gw: &Gateway, body: Body) {
+    let limit = gw.limits.max_bytes;
+    let timeout = Duration::from_millis(gw.config.server.body_timeout_ms);
+    let mut body = body;
+    let mut seen = 0usize;
+    let _ = tokio::time::timeout(timeout, async {
+        while let Some(Ok(frame)) = body.frame().await {
+            if let Some(data) = frame.data_ref() {
+                seen += data.len();
+                if seen > limit {
+                    return;
+                }
+            }
+        }
+    })
+    .await;
+}
+
 async fn read_body(gw: &Gateway, body: Body) -> Result<Bytes, Response> {
     let limit = gw.limits.max_bytes;
     let timeout = Duration::from_millis(gw.config.server.body_timeout_ms);
@@ -170,7 +190,10 @@ async fn post(gw: Arc<Gateway>, route: Route, uri: Uri, headers: HeaderMap, body
     }
     let caller = match authenticate(&gw, &route, &Method::POST, &uri, &headers).await {
         Ok(c) => c,
-        Err(r) => return r,
+        Err(r) => {
+            drain(&gw, body).await;
+            return r;
+        }
     };
     let ctype = header_str(&headers, "content-type").unwrap_or("");
     if !ctype.to_ascii_lowercase().starts_with("application/json") {

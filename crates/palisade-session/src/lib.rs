@@ -2,8 +2,9 @@
 //!
 //! The `Mcp-Session-Id` a client sees is an AEAD-sealed token: the payload is
 //! the gateway's session record (internal id, route, upstream session ids,
-//! expiry); the principal, audience and route are bound in the associated
-//! data, so another user's token cannot open it. Any replica holding the key
+//! expiry) and a digest of its owner (issuer and subject), checked on every
+//! open so another user's token cannot use it (and the mismatch can be audited);
+//! audience and route are bound in the associated data. Any replica holding the key
 //! can open it; no per-request key stretching. Upstream session ids never
 //! leave the gateway in the clear.
 
@@ -44,7 +45,8 @@ fn owner_digest(p: &Principal) -> String {
 pub const MAX_TOKEN_LEN: usize = 4096;
 
 /// An authenticated caller. Only the authentication layer creates these from
-/// verified credentials; until it lands, every caller is [`Principal::anonymous`].
+/// verified credentials (`palisade-auth`); with `auth.mode = "none"` every caller is
+/// [`Principal::anonymous`].
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Principal {
     issuer: String,
