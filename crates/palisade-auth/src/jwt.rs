@@ -32,8 +32,17 @@ pub fn split(token: &str) -> Result<Parts, AuthError> {
     if h.is_empty() || p.is_empty() || s.is_empty() {
         return Err(bad(Reason::MalformedToken, "not a signed JWT"));
     }
+    let header = decode_object(h)?;
+    // Named before the payload is parsed: a nested JWT's payload is not JSON.
+    if header
+        .get("cty")
+        .and_then(Value::as_str)
+        .is_some_and(|c| c.eq_ignore_ascii_case("jwt"))
+    {
+        return Err(bad(Reason::NestedJwt, "nested JWTs are not accepted"));
+    }
     Ok(Parts {
-        header: decode_object(h)?,
+        header,
         claims: decode_object(p)?,
     })
 }
@@ -229,9 +238,17 @@ mod tests {
             (json!({"typ": "JWT"}), Reason::MalformedToken),
         ];
         for (h, want) in cases {
-            let parts = split(&tok(h.clone())).unwrap();
-            assert_eq!(check_header(&parts.header).unwrap_err().reason, want, "{h}");
+            let got = split(&tok(h.clone())).and_then(|parts| check_header(&parts.header));
+            assert_eq!(got.unwrap_err().reason, want, "{h}");
         }
+        // A nested JWT whose payload is itself a compact JWT (not JSON).
+        let inner = tok(json!({"alg": "RS256"}));
+        let nested = format!(
+            "{}.{}.c2ln",
+            seg(&json!({"alg": "RS256", "cty": "JWT"})),
+            URL_SAFE_NO_PAD.encode(inner)
+        );
+        assert_eq!(split(&nested).err().map(|e| e.reason), Some(Reason::NestedJwt));
         let parts = split(&tok(json!({"alg": "ES256", "typ": "at+jwt", "kid": "k"}))).unwrap();
         assert_eq!(check_header(&parts.header).unwrap(), Algorithm::ES256);
     }
