@@ -65,6 +65,68 @@ pub struct ServerConfig {
     pub sse_replay_events: usize,
     /// Seconds between SSE keep-alive comments on idle streams.
     pub sse_keepalive_s: u64,
+    /// TLS on this listener (T1). Without it the listener speaks plain HTTP, which is
+    /// refused on a non-loopback address unless `allow_plain_http_non_loopback` is set.
+    pub tls: Option<TlsListenerConfig>,
+    /// Serve plain HTTP on a non-loopback address (behind a TLS-terminating load balancer).
+    pub allow_plain_http_non_loopback: bool,
+}
+
+/// `[server.tls]`: certificate, protocol versions and client certificates of a listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsListenerConfig {
+    /// PEM certificate chain (leaf first).
+    pub cert_file: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1; RSA, ECDSA or Ed25519).
+    pub key_file: PathBuf,
+    /// Lowest protocol version: `"1.3"` (default) or `"1.2"`.
+    #[serde(default = "default_tls_min")]
+    pub min_version: String,
+    /// PEM CA bundle that client certificates must chain to (mutual TLS).
+    #[serde(default)]
+    pub client_ca_file: Option<PathBuf>,
+    /// `"none"`, `"optional"` (verified when presented) or `"required"`.
+    #[serde(default)]
+    pub client_auth: ClientAuth,
+    /// Seconds between checks of the certificate files for changes (SIGHUP also reloads).
+    #[serde(default = "default_tls_reload")]
+    pub reload_interval_s: u64,
+    /// Warn this many days before the certificate expires.
+    #[serde(default = "default_tls_warn")]
+    pub expiry_warning_days: u64,
+    /// `Strict-Transport-Security` max-age in seconds (0 disables the header).
+    #[serde(default = "default_hsts")]
+    pub hsts_max_age_s: u64,
+    /// Time allowed for the TLS handshake, milliseconds.
+    #[serde(default = "default_handshake_timeout")]
+    pub handshake_timeout_ms: u64,
+}
+
+fn default_tls_min() -> String {
+    "1.3".into()
+}
+fn default_tls_reload() -> u64 {
+    10
+}
+fn default_tls_warn() -> u64 {
+    14
+}
+fn default_hsts() -> u64 {
+    31_536_000
+}
+fn default_handshake_timeout() -> u64 {
+    10_000
+}
+
+/// Whether a listener asks for client certificates.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientAuth {
+    #[default]
+    None,
+    Optional,
+    Required,
 }
 
 impl Default for ServerConfig {
@@ -86,6 +148,8 @@ impl Default for ServerConfig {
             sse_retry_ms: 1_000,
             sse_replay_events: 256,
             sse_keepalive_s: 15,
+            tls: None,
+            allow_plain_http_non_loopback: false,
         }
     }
 }
@@ -154,6 +218,8 @@ fn default_upstream_concurrency() -> usize {
 /// The upstream transport.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(tag = "transport", rename_all = "snake_case")]
+// Configuration is read once at start; the size difference costs nothing on the hot path.
+#[allow(clippy::large_enum_variant)]
 pub enum Transport {
     Stdio(StdioConfig),
     Http(HttpConfig),
@@ -233,6 +299,17 @@ pub struct HttpConfig {
     /// When set, only these certificates are accepted and CA validation is not used.
     #[serde(default)]
     pub pinned_cert_sha256: Vec<String>,
+    /// SHA-256 of the upstream certificate's SubjectPublicKeyInfo (hex or `sha256/<base64>`,
+    /// as `openssl … pkey -pubin -outform der | sha256`). Several for rotation. The chain
+    /// is still validated against the CAs; the leaf's key must also match a pin.
+    #[serde(default)]
+    pub pinned_spki_sha256: Vec<String>,
+    /// Client certificate (PEM chain) the gateway presents to this upstream (mutual TLS).
+    #[serde(default)]
+    pub client_cert_file: Option<PathBuf>,
+    /// Private key (PEM) of `client_cert_file`.
+    #[serde(default)]
+    pub client_key_file: Option<PathBuf>,
     #[serde(default = "default_connect_timeout")]
     pub connect_timeout_ms: u64,
     /// Allow plain `http://` to a non-loopback host.
@@ -391,6 +468,29 @@ impl Config {
             errs.push(err_at("upstreams", None, "configure at least one upstream".into()));
         }
         self.validate_auth(&mut errs);
+        if let Some(t) = &s.tls {
+            if !matches!(t.min_version.as_str(), "1.2" | "1.3") {
+                errs.push(err_at(
+                    "server.tls.min_version",
+                    None,
+                    "must be \"1.2\" or \"1.3\"".into(),
+                ));
+            }
+            if t.client_auth != ClientAuth::None && t.client_ca_file.is_none() {
+                errs.push(err_at(
+                    "server.tls.client_ca_file",
+                    None,
+                    "client_auth = \"optional\" or \"required\" needs client_ca_file".into(),
+                ));
+            }
+            if t.client_ca_file.is_some() && t.client_auth == ClientAuth::None {
+                errs.push(err_at(
+                    "server.tls.client_auth",
+                    None,
+                    "client_ca_file is set but client_auth = \"none\"; set \"optional\" or \"required\"".into(),
+                ));
+            }
+        }
         for (name, up) in &self.upstreams {
             let line = Some(line_of(text, up.span().start));
             let key = format!("upstreams.{name}");
@@ -419,6 +519,25 @@ impl Config {
                         line,
                         &mut errs,
                     );
+                }
+                if h.client_cert_file.is_some() != h.client_key_file.is_some() {
+                    errs.push(err_at(
+                        &format!("{key}.client_cert_file"),
+                        line,
+                        "client_cert_file and client_key_file go together".into(),
+                    ));
+                }
+                if !h.pinned_spki_sha256.is_empty() && !h.pinned_cert_sha256.is_empty() {
+                    errs.push(err_at(
+                        &format!("{key}.pinned_spki_sha256"),
+                        line,
+                        "pin either the certificate or its key (SPKI), not both".into(),
+                    ));
+                }
+                if (!h.pinned_spki_sha256.is_empty() || !h.pinned_cert_sha256.is_empty())
+                    && !h.url.starts_with("https://")
+                {
+                    errs.push(err_at(&format!("{key}.url"), line, "pinning needs an https url".into()));
                 }
             }
             if !valid_name(name) {

@@ -4,24 +4,28 @@
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use axum::Extension;
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use palisade_auth::{AuthError, Endpoint, Identity, Reason, Request};
 use palisade_session::{Principal, unix};
+use palisade_tls::PeerCertificate;
 use palisade_wire::Message;
 
 use crate::gateway::Gateway;
 use crate::hygiene::json_error;
 use crate::session::{LiveSession, Route};
 
-/// Who is calling: the principal sessions are bound to, and the verified token
-/// (absent when authentication is off).
+/// Who is calling: the principal sessions are bound to, the verified token (absent
+/// when authentication is off), and the verified client certificate of a mutual-TLS
+/// connection (an attribute for policy, e.g. service-to-service callers).
 #[derive(Debug, Clone)]
 pub struct Caller {
     pub principal: Principal,
     pub identity: Option<Arc<Identity>>,
+    pub client_cert: Option<Arc<PeerCertificate>>,
 }
 
 impl Caller {
@@ -29,9 +33,13 @@ impl Caller {
         Caller {
             principal: Principal::anonymous(),
             identity: None,
+            client_cert: None,
         }
     }
 }
+
+/// What the connection tells about a request: its URI and the client certificate.
+pub type Conn = (Uri, Option<Extension<Arc<PeerCertificate>>>);
 
 /// The URL path of a route.
 pub fn route_path(route: &Route) -> String {
@@ -83,11 +91,16 @@ pub async fn authenticate(
     gw: &Gateway,
     route: &Route,
     method: &Method,
-    uri: &Uri,
+    conn: &Conn,
     headers: &HeaderMap,
 ) -> Result<Caller, Response> {
+    let (uri, cert) = conn;
+    let client_cert = cert.as_ref().map(|Extension(c)| c.clone());
     let Some(auth) = &gw.auth else {
-        return Ok(Caller::anonymous());
+        return Ok(Caller {
+            client_cert,
+            ..Caller::anonymous()
+        });
     };
     let path = route_path(route);
     let ep = endpoint(gw, route, &path);
@@ -101,6 +114,7 @@ pub async fn authenticate(
         Ok(identity) => Ok(Caller {
             principal: identity.principal.clone(),
             identity: Some(identity),
+            client_cert,
         }),
         Err(e) => {
             audit_failure(&e, &path, None);

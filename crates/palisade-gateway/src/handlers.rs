@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
+use axum::Extension;
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
@@ -12,13 +13,14 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use http_body_util::BodyExt;
 use palisade_session::{SessionError, SessionRecord, unix};
+use palisade_tls::PeerCertificate;
 use palisade_upstream::stdio::{StdioConnection, StdioSpec};
 use palisade_wire::version::ProtocolVersion;
 use palisade_wire::{DecodeError, Kind, Message, codes, parse_message};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
-use crate::auth::{Caller, authenticate};
+use crate::auth::{Caller, Conn, authenticate};
 use crate::forward::{Plan, cancel_notice, fan_out, forward, plan, resolve_name};
 use crate::gateway::{
     Gateway, UpstreamKind, answer_upstream, close_link, digest, init_http, relay_from_server, to_raw,
@@ -35,15 +37,22 @@ pub async fn post_single(
     State(gw): State<Arc<Gateway>>,
     Path(server): Path<String>,
     uri: Uri,
+    cert: Option<Extension<Arc<PeerCertificate>>>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    post(gw, Route::Single(server), uri, headers, body).await
+    post(gw, Route::Single(server), (uri, cert), headers, body).await
 }
 
 /// `POST /mcp`.
-pub async fn post_aggregate(State(gw): State<Arc<Gateway>>, uri: Uri, headers: HeaderMap, body: Body) -> Response {
-    post(gw, Route::Aggregate, uri, headers, body).await
+pub async fn post_aggregate(
+    State(gw): State<Arc<Gateway>>,
+    uri: Uri,
+    cert: Option<Extension<Arc<PeerCertificate>>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    post(gw, Route::Aggregate, (uri, cert), headers, body).await
 }
 
 /// `GET /mcp/{server}`.
@@ -51,14 +60,20 @@ pub async fn get_single(
     State(gw): State<Arc<Gateway>>,
     Path(server): Path<String>,
     uri: Uri,
+    cert: Option<Extension<Arc<PeerCertificate>>>,
     headers: HeaderMap,
 ) -> Response {
-    get(gw, Route::Single(server), uri, headers).await
+    get(gw, Route::Single(server), (uri, cert), headers).await
 }
 
 /// `GET /mcp`.
-pub async fn get_aggregate(State(gw): State<Arc<Gateway>>, uri: Uri, headers: HeaderMap) -> Response {
-    get(gw, Route::Aggregate, uri, headers).await
+pub async fn get_aggregate(
+    State(gw): State<Arc<Gateway>>,
+    uri: Uri,
+    cert: Option<Extension<Arc<PeerCertificate>>>,
+    headers: HeaderMap,
+) -> Response {
+    get(gw, Route::Aggregate, (uri, cert), headers).await
 }
 
 /// `DELETE /mcp/{server}`.
@@ -66,14 +81,20 @@ pub async fn delete_single(
     State(gw): State<Arc<Gateway>>,
     Path(server): Path<String>,
     uri: Uri,
+    cert: Option<Extension<Arc<PeerCertificate>>>,
     headers: HeaderMap,
 ) -> Response {
-    delete(gw, Route::Single(server), uri, headers).await
+    delete(gw, Route::Single(server), (uri, cert), headers).await
 }
 
 /// `DELETE /mcp`.
-pub async fn delete_aggregate(State(gw): State<Arc<Gateway>>, uri: Uri, headers: HeaderMap) -> Response {
-    delete(gw, Route::Aggregate, uri, headers).await
+pub async fn delete_aggregate(
+    State(gw): State<Arc<Gateway>>,
+    uri: Uri,
+    cert: Option<Extension<Arc<PeerCertificate>>>,
+    headers: HeaderMap,
+) -> Response {
+    delete(gw, Route::Aggregate, (uri, cert), headers).await
 }
 
 /// Any other method on an MCP endpoint.
@@ -181,14 +202,14 @@ async fn read_body(gw: &Gateway, body: Body) -> Result<Bytes, Response> {
     }
 }
 
-async fn post(gw: Arc<Gateway>, route: Route, uri: Uri, headers: HeaderMap, body: Body) -> Response {
+async fn post(gw: Arc<Gateway>, route: Route, conn: Conn, headers: HeaderMap, body: Body) -> Response {
     // Authenticate before reading the body: unauthenticated callers cost nothing more.
     // Endpoint names are public (Protected Resource Metadata lists them); checking the
     // route first keeps unknown paths out of authentication and its audit events.
     if !route_exists(&gw, &route) {
         return json_error(StatusCode::NOT_FOUND, codes::INVALID_REQUEST, "no such MCP endpoint");
     }
-    let caller = match authenticate(&gw, &route, &Method::POST, &uri, &headers).await {
+    let caller = match authenticate(&gw, &route, &Method::POST, &conn, &headers).await {
         Ok(c) => c,
         Err(r) => {
             drain(&gw, body).await;
@@ -819,13 +840,13 @@ fn client_response(gw: &Arc<Gateway>, sess: &Arc<LiveSession>, mut msg: Message)
     accepted()
 }
 
-async fn get(gw: Arc<Gateway>, route: Route, uri: Uri, headers: HeaderMap) -> Response {
+async fn get(gw: Arc<Gateway>, route: Route, conn: Conn, headers: HeaderMap) -> Response {
     // Endpoint names are public (Protected Resource Metadata lists them); checking the
     // route first keeps unknown paths out of authentication and its audit events.
     if !route_exists(&gw, &route) {
         return json_error(StatusCode::NOT_FOUND, codes::INVALID_REQUEST, "no such MCP endpoint");
     }
-    let caller = match authenticate(&gw, &route, &Method::GET, &uri, &headers).await {
+    let caller = match authenticate(&gw, &route, &Method::GET, &conn, &headers).await {
         Ok(c) => c,
         Err(r) => return r,
     };
@@ -879,13 +900,13 @@ fn attach_standalone(gw: &Arc<Gateway>, sess: &Arc<LiveSession>, from: u64) -> R
     sse_response(gw, sess, sess.standalone.clone(), from, true, Some(guard))
 }
 
-async fn delete(gw: Arc<Gateway>, route: Route, uri: Uri, headers: HeaderMap) -> Response {
+async fn delete(gw: Arc<Gateway>, route: Route, conn: Conn, headers: HeaderMap) -> Response {
     // Endpoint names are public (Protected Resource Metadata lists them); checking the
     // route first keeps unknown paths out of authentication and its audit events.
     if !route_exists(&gw, &route) {
         return json_error(StatusCode::NOT_FOUND, codes::INVALID_REQUEST, "no such MCP endpoint");
     }
-    let caller = match authenticate(&gw, &route, &Method::DELETE, &uri, &headers).await {
+    let caller = match authenticate(&gw, &route, &Method::DELETE, &conn, &headers).await {
         Ok(c) => c,
         Err(r) => return r,
     };

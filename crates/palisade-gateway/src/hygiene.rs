@@ -103,6 +103,8 @@ fn is_loopback_authority(authority: &str) -> bool {
 pub struct Hygiene {
     pub policy: OriginPolicy,
     pub in_flight: Arc<Semaphore>,
+    /// `Strict-Transport-Security` on TLS listeners.
+    pub hsts: Option<HeaderValue>,
 }
 
 /// Origin/Host check, overload shedding, and security headers on every response.
@@ -129,6 +131,9 @@ pub async fn layer(State(h): State<Arc<Hygiene>>, req: Request, next: Next) -> R
         }
     };
     security_headers(resp.headers_mut());
+    if let Some(v) = &h.hsts {
+        resp.headers_mut().insert(header::STRICT_TRANSPORT_SECURITY, v.clone());
+    }
     resp
 }
 

@@ -14,6 +14,7 @@ use palisade_wire::{Limits, Message, parse_message};
 
 use crate::UpstreamError;
 use crate::oauth::TokenClient;
+use crate::pin::PinKind;
 use crate::sse::{SseDecoder, SseEvent};
 use palisade_config::OAuthGrant;
 use palisade_secrets::SecretStore;
@@ -90,6 +91,78 @@ impl UpstreamCredentials {
 const SESSION_HEADER: &str = "mcp-session-id";
 const VERSION_HEADER: &str = "mcp-protocol-version";
 
+/// Trust and identity towards one upstream: CA bundle, certificate or key pins, and
+/// the gateway's client certificate (mutual TLS).
+fn tls_settings(
+    name: &str,
+    cfg: &HttpConfig,
+    url: &reqwest::Url,
+    builder: reqwest::ClientBuilder,
+) -> Result<reqwest::ClientBuilder, String> {
+    let (pins, kind, key) = if !cfg.pinned_spki_sha256.is_empty() {
+        (&cfg.pinned_spki_sha256, PinKind::PublicKey, "pinned_spki_sha256")
+    } else {
+        (&cfg.pinned_cert_sha256, PinKind::Certificate, "pinned_cert_sha256")
+    };
+    let client = match (&cfg.client_cert_file, &cfg.client_key_file) {
+        (Some(c), Some(k)) => Some((
+            palisade_tls::load_certs(c).map_err(|e| format!("upstreams.{name}.client_cert_file: {e}"))?,
+            palisade_tls::load_key(k).map_err(|e| format!("upstreams.{name}.client_key_file: {e}"))?,
+        )),
+        (None, None) => None,
+        _ => {
+            return Err(format!(
+                "upstreams.{name}: client_cert_file and client_key_file go together"
+            ));
+        }
+    };
+    let ca = match &cfg.ca_file {
+        Some(path) => Some(palisade_tls::load_certs(path).map_err(|e| format!("upstreams.{name}.ca_file: {e}"))?),
+        None => None,
+    };
+    if pins.is_empty() && client.is_none() {
+        return Ok(match ca {
+            Some(certs) => {
+                let certs: Vec<reqwest::Certificate> = certs
+                    .iter()
+                    .map(|c| reqwest::Certificate::from_der(c.as_ref()))
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| format!("upstreams.{name}.ca_file: {e}"))?;
+                if cfg.only_custom_ca {
+                    builder.tls_certs_only(certs)
+                } else {
+                    builder.tls_certs_merge(certs)
+                }
+            }
+            None => builder,
+        });
+    }
+    if pins.is_empty() {
+        // A client certificate without pins: the server is validated against the CA
+        // bundle, which is required here (this configuration carries no system roots).
+        let Some(ca) = ca else {
+            return Err(format!(
+                "upstreams.{name}: a client certificate needs ca_file or pins to verify the server"
+            ));
+        };
+        return Ok(builder.use_preconfigured_tls(crate::pin::ca_client_config(ca, client)?));
+    }
+    if url.scheme() != "https" {
+        return Err(format!("upstreams.{name}.{key}: the url must be https"));
+    }
+    if kind == PinKind::Certificate && ca.is_some() {
+        return Err(format!(
+            "upstreams.{name}: set either ca_file or pinned_cert_sha256, not both"
+        ));
+    }
+    let pins = pins
+        .iter()
+        .map(|p| crate::pin::parse_pin(p))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("upstreams.{name}.{key}: {e}"))?;
+    Ok(builder.use_preconfigured_tls(crate::pin::pinned_client_config(pins, kind, ca, client)?))
+}
+
 impl HttpUpstream {
     /// Builds the client with the gateway's resolved credentials for this upstream.
     pub fn new(name: &str, cfg: &HttpConfig, limits: Limits, creds: UpstreamCredentials) -> Result<Self, String> {
@@ -104,34 +177,7 @@ impl HttpUpstream {
             .pool_idle_timeout(Duration::from_secs(90))
             .user_agent(concat!("palisade/", env!("CARGO_PKG_VERSION")))
             .no_proxy();
-        if !cfg.pinned_cert_sha256.is_empty() {
-            if cfg.ca_file.is_some() {
-                return Err(format!(
-                    "upstreams.{name}: set either ca_file or pinned_cert_sha256, not both"
-                ));
-            }
-            if url.scheme() != "https" {
-                return Err(format!("upstreams.{name}.pinned_cert_sha256: the url must be https"));
-            }
-            let pins = cfg
-                .pinned_cert_sha256
-                .iter()
-                .map(|p| crate::pin::parse_pin(p))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| format!("upstreams.{name}.pinned_cert_sha256: {e}"))?;
-            builder = builder.use_preconfigured_tls(crate::pin::pinned_client_config(pins)?);
-        }
-        if let Some(path) = &cfg.ca_file {
-            let pem = std::fs::read(path)
-                .map_err(|e| format!("upstreams.{name}.ca_file: cannot read {}: {e}", path.display()))?;
-            let certs =
-                reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| format!("upstreams.{name}.ca_file: {e}"))?;
-            builder = if cfg.only_custom_ca {
-                builder.tls_certs_only(certs)
-            } else {
-                builder.tls_certs_merge(certs)
-            };
-        }
+        builder = tls_settings(name, cfg, &url, builder)?;
         let client = builder.build().map_err(|e| format!("upstreams.{name}: {e}"))?;
         Ok(HttpUpstream {
             name: name.to_owned(),

@@ -1,5 +1,6 @@
-//! Certificate pinning towards an upstream: the server's end-entity
-//! certificate must hash (SHA-256 over its DER) to one of the configured pins.
+//! Certificate pinning towards an upstream: the server's end-entity certificate
+//! (SHA-256 over its DER) or its public key (SHA-256 over the SubjectPublicKeyInfo)
+//! must match one of the configured pins.
 //!
 //! A pin replaces CA validation for that upstream (typical for an internal
 //! server with a self-signed certificate): the pinned certificate identifies the
@@ -45,26 +46,58 @@ pub fn fingerprint(der: &[u8]) -> Pin {
     out
 }
 
+/// What a pin names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PinKind {
+    /// SHA-256 of the whole end-entity certificate (DER).
+    Certificate,
+    /// SHA-256 of the end-entity's SubjectPublicKeyInfo: survives re-issue with the same key.
+    PublicKey,
+}
+
 #[derive(Debug)]
 struct PinnedVerifier {
     pins: Vec<Pin>,
+    kind: PinKind,
+    /// CA validation (chain and host name) on top of the pin, when a CA bundle is configured.
+    chain: Option<Arc<dyn ServerCertVerifier>>,
     provider: Arc<CryptoProvider>,
+}
+
+impl PinnedVerifier {
+    fn digest(&self, end_entity: &CertificateDer<'_>) -> Result<Pin, Error> {
+        match self.kind {
+            PinKind::Certificate => Ok(fingerprint(end_entity.as_ref())),
+            PinKind::PublicKey => palisade_tls::spki_sha256(end_entity.as_ref()).map_err(Error::General),
+        }
+    }
 }
 
 impl ServerCertVerifier for PinnedVerifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
     ) -> Result<ServerCertVerified, Error> {
-        let fp = fingerprint(end_entity.as_ref());
+        if let Some(chain) = &self.chain {
+            chain.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)?;
+        }
+        let fp = self.digest(end_entity)?;
         // Constant time is not needed for public fingerprints; equality is enough.
         if self.pins.contains(&fp) {
             Ok(ServerCertVerified::assertion())
         } else {
+            tracing::error!(
+                target: "palisade::audit",
+                event = "tls.pin_mismatch",
+                server = ?server_name,
+                presented = %hex(&fp),
+                kind = ?self.kind,
+                "upstream certificate does not match any pin; connection refused"
+            );
             Err(Error::General("upstream certificate does not match any pin".into()))
         }
     }
@@ -92,19 +125,77 @@ impl ServerCertVerifier for PinnedVerifier {
     }
 }
 
-/// A TLS client configuration that accepts only the pinned certificates.
-pub fn pinned_client_config(pins: Vec<Pin>) -> Result<rustls::ClientConfig, String> {
+/// A TLS client configuration validating the server against `ca` only, presenting `client`.
+pub fn ca_client_config(
+    ca: Vec<CertificateDer<'static>>,
+    client: Option<ClientIdentity>,
+) -> Result<rustls::ClientConfig, String> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for c in ca {
+        roots.add(c).map_err(|e| format!("CA certificate: {e}"))?;
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots);
+    let mut config = match client {
+        Some((certs, key)) => builder
+            .with_client_auth_cert(certs, key)
+            .map_err(|e| format!("client certificate: {e}"))?,
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// A client certificate and key the gateway presents to an upstream.
+pub type ClientIdentity = (Vec<CertificateDer<'static>>, rustls::pki_types::PrivateKeyDer<'static>);
+
+/// A TLS client configuration that accepts only pinned certificates (or keys). With
+/// `ca`, the chain and host name are validated against it as well; without, the pin
+/// alone identifies the server (an internal, self-signed server).
+pub fn pinned_client_config(
+    pins: Vec<Pin>,
+    kind: PinKind,
+    ca: Option<Vec<CertificateDer<'static>>>,
+    client: Option<ClientIdentity>,
+) -> Result<rustls::ClientConfig, String> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let chain: Option<Arc<dyn ServerCertVerifier>> = match ca {
+        Some(certs) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for c in certs {
+                roots.add(c).map_err(|e| format!("CA certificate: {e}"))?;
+            }
+            let v = rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+                .build()
+                .map_err(|e| e.to_string())?;
+            Some(v)
+        }
+        None => None,
+    };
     let verifier = Arc::new(PinnedVerifier {
         pins,
+        kind,
+        chain,
         provider: provider.clone(),
     });
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
         .dangerous()
-        .with_custom_certificate_verifier(verifier)
-        .with_no_client_auth();
+        .with_custom_certificate_verifier(verifier);
+    let mut config = match client {
+        Some((certs, key)) => builder
+            .with_client_auth_cert(certs, key)
+            .map_err(|e| format!("client certificate: {e}"))?,
+        None => builder.with_no_client_auth(),
+    };
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(config)
 }

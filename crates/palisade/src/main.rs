@@ -290,6 +290,14 @@ async fn run(config: Config, demo: Option<()>) -> ExitCode {
         }
     };
     let bound = listener.local_addr().unwrap_or(listen);
+    let tls = match build_tls(&config, bound) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let auth = match build_auth(&config, bound).await {
         Ok(a) => a,
         Err(e) => {
@@ -301,7 +309,10 @@ async fn run(config: Config, demo: Option<()>) -> ExitCode {
         (Some(()), Some(dev)) => {
             let req = palisade_auth::MintRequest {
                 subject: "demo-user".into(),
-                audiences: vec![format!("http://{bound}/mcp/demo"), format!("http://{bound}/mcp")],
+                audiences: vec![
+                    format!("{scheme}://{bound}/mcp/demo"),
+                    format!("{scheme}://{bound}/mcp"),
+                ],
                 ..Default::default()
             };
             dev.mint(&req, palisade_session::unix(std::time::SystemTime::now()))
@@ -328,7 +339,7 @@ async fn run(config: Config, demo: Option<()>) -> ExitCode {
     }
     tracing::info!(%bound, "palisade listening");
     let names: Vec<String> = gw.upstreams.keys().cloned().collect();
-    println!("palisade listening on http://{bound}");
+    println!("palisade listening on {scheme}://{bound}");
     if demo.is_some() {
         println!("Palisade demo gateway is running.");
         println!();
@@ -349,7 +360,7 @@ async fn run(config: Config, demo: Option<()>) -> ExitCode {
         println!("Press Ctrl-C to stop.");
     } else {
         for n in &names {
-            println!("endpoint: http://{bound}/mcp/{n}");
+            println!("endpoint: {scheme}://{bound}/mcp/{n}");
         }
     }
     use std::io::Write;
@@ -361,7 +372,23 @@ async fn run(config: Config, demo: Option<()>) -> ExitCode {
         tracing::info!("shutting down");
         signal_stop.cancel();
     });
-    match palisade_gateway::serve(gw, listener, stop).await {
+    if let Some(t) = &tls {
+        let watcher = t.clone();
+        let stop_watch = stop.clone();
+        tokio::spawn(async move { watcher.watch(stop_watch.cancelled_owned()).await });
+        let on_hup = t.clone();
+        tokio::spawn(async move {
+            use tokio::signal::unix::{SignalKind, signal};
+            let Ok(mut hup) = signal(SignalKind::hangup()) else {
+                return;
+            };
+            while hup.recv().await.is_some() {
+                tracing::info!("SIGHUP: reloading the TLS certificate");
+                let _ = on_hup.reload(true);
+            }
+        });
+    }
+    match palisade_gateway::serve(gw, listener, tls, stop).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
@@ -387,11 +414,44 @@ async fn wait_for_signal() {
 
 /// Public base URL: configured, else the bound address.
 fn public_url(config: &Config, bound: SocketAddr) -> String {
+    let scheme = if config.server.tls.is_some() { "https" } else { "http" };
     config
         .auth
         .public_url
         .clone()
-        .unwrap_or_else(|| format!("http://{bound}"))
+        .unwrap_or_else(|| format!("{scheme}://{bound}"))
+}
+
+/// The TLS listener, or plain HTTP where that is allowed: loopback, or a non-loopback
+/// address only with `allow_plain_http_non_loopback` (behind a TLS-terminating proxy).
+fn build_tls(config: &Config, bound: SocketAddr) -> Result<Option<Arc<palisade_tls::TlsListener>>, String> {
+    match &config.server.tls {
+        Some(t) => {
+            let l = palisade_tls::TlsListener::new(t).map_err(|e| format!("server.tls: {e}"))?;
+            let info = l.info();
+            tracing::info!(
+                subject = %info.subject,
+                not_after = %info.not_after_text,
+                min_version = %t.min_version,
+                client_auth = ?t.client_auth,
+                "TLS enabled"
+            );
+            Ok(Some(Arc::new(l)))
+        }
+        None if bound.ip().is_loopback() => Ok(None),
+        None if config.server.allow_plain_http_non_loopback => {
+            tracing::warn!(
+                %bound,
+                "SERVING PLAIN HTTP ON A NON-LOOPBACK ADDRESS: tokens and session ids cross the network in clear \
+                 unless a TLS-terminating proxy is in front (server.allow_plain_http_non_loopback = true)"
+            );
+            Ok(None)
+        }
+        None => Err(format!(
+            "plain HTTP on non-loopback address {bound}: configure [server.tls], or set \
+             server.allow_plain_http_non_loopback = true behind a TLS-terminating proxy"
+        )),
+    }
 }
 
 /// Builds the resource server, refusing unsafe combinations (anonymous or development

@@ -263,7 +263,7 @@ fn anonymous_or_development_issuer_on_a_public_address_refuses_to_start() {
     for (auth, want) in cases {
         let auth = auth.replace("KEY", &dir.path().join("k.pem").display().to_string());
         let cfg = format!(
-            "[server]\nlisten = \"0.0.0.0:0\"\n{auth}\n{}",
+            "[server]\nlisten = \"0.0.0.0:0\"\nallow_plain_http_non_loopback = true\n{auth}\n{}",
             demo_upstream("demo", "shared")
         );
         let path = dir.path().join("p.toml");
