@@ -300,8 +300,9 @@ pub struct HttpConfig {
     #[serde(default)]
     pub pinned_cert_sha256: Vec<String>,
     /// SHA-256 of the upstream certificate's SubjectPublicKeyInfo (hex or `sha256/<base64>`,
-    /// as `openssl … pkey -pubin -outform der | sha256`). Several for rotation. The chain
-    /// is still validated against the CAs; the leaf's key must also match a pin.
+    /// as `openssl … pkey -pubin -outform der | sha256`). Several for rotation. With
+    /// `ca_file` the chain and host name are validated too; without it the pin alone
+    /// identifies the server. System roots are not used with pins.
     #[serde(default)]
     pub pinned_spki_sha256: Vec<String>,
     /// Client certificate (PEM chain) the gateway presents to this upstream (mutual TLS).
@@ -519,6 +520,9 @@ impl Config {
                         line,
                         &mut errs,
                     );
+                }
+                if h.only_custom_ca && h.ca_file.is_none() {
+                    errs.push(err_at(&format!("{key}.only_custom_ca"), line, "needs ca_file".into()));
                 }
                 if h.client_cert_file.is_some() != h.client_key_file.is_some() {
                     errs.push(err_at(

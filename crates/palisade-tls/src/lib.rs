@@ -255,23 +255,22 @@ impl TlsListener {
         let period = Duration::from_secs(self.config.reload_interval_s.max(1));
         let mut tick = tokio::time::interval(period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_warning = std::time::Instant::now();
         tokio::pin!(stop);
         loop {
             tokio::select! {
                 _ = tick.tick() => {
-                    let _ = self.reload(false);
-                    self.warn_daily();
+                    if matches!(self.reload(false), Ok(true)) {
+                        last_warning = std::time::Instant::now();
+                    }
+                    // Once a day while the certificate is inside the warning window.
+                    if last_warning.elapsed() >= Duration::from_secs(86_400) {
+                        self.warn_if_expiring();
+                        last_warning = std::time::Instant::now();
+                    }
                 }
                 () = &mut stop => return,
             }
-        }
-    }
-
-    fn warn_daily(&self) {
-        // Cheap: one subtraction per tick; the warning itself is rate-limited by the tick.
-        let info = self.info();
-        if info.not_after - unix_now() < 86_400 {
-            self.warn_if_expiring();
         }
     }
 }

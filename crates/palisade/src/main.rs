@@ -43,6 +43,11 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// TLS tools.
+    Tls {
+        #[command(subcommand)]
+        command: TlsCommand,
+    },
     /// Development tokens.
     Token {
         #[command(subcommand)]
@@ -56,6 +61,15 @@ enum Command {
     /// The bundled demo MCP server on stdio (what `palisade demo` launches).
     #[command(hide = true)]
     DemoServer,
+}
+
+#[derive(Subcommand)]
+enum TlsCommand {
+    /// Print what each listener and upstream will present and trust, with expiry dates.
+    Check {
+        #[arg(long, short, env = "PALISADE_CONFIG", default_value = "palisade.toml")]
+        config: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -192,6 +206,9 @@ fn main() -> ExitCode {
             runtime.block_on(run(config, None))
         }
         Command::Token { command } => token_command(command),
+        Command::Tls {
+            command: TlsCommand::Check { config },
+        } => tls_check(&config),
         Command::Secrets { command } => runtime.block_on(secrets_command(command)),
         Command::Demo { port } => {
             init_logging(&cli.log_format);
@@ -376,18 +393,25 @@ async fn run(config: Config, demo: Option<()>) -> ExitCode {
         let watcher = t.clone();
         let stop_watch = stop.clone();
         tokio::spawn(async move { watcher.watch(stop_watch.cancelled_owned()).await });
-        let on_hup = t.clone();
-        tokio::spawn(async move {
-            use tokio::signal::unix::{SignalKind, signal};
-            let Ok(mut hup) = signal(SignalKind::hangup()) else {
-                return;
-            };
-            while hup.recv().await.is_some() {
-                tracing::info!("SIGHUP: reloading the TLS certificate");
-                let _ = on_hup.reload(true);
-            }
-        });
     }
+    // SIGHUP reloads the certificate; without TLS it is logged and ignored (never fatal,
+    // so a renewal hook or `systemctl reload` cannot stop the gateway).
+    let on_hup = tls.clone();
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            return;
+        };
+        while hup.recv().await.is_some() {
+            match &on_hup {
+                Some(t) => {
+                    tracing::info!("SIGHUP: reloading the TLS certificate");
+                    let _ = t.reload(true);
+                }
+                None => tracing::info!("SIGHUP ignored: no TLS listener to reload"),
+            }
+        }
+    });
     match palisade_gateway::serve(gw, listener, tls, stop).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -678,4 +702,130 @@ async fn secrets_command(command: SecretsCommand) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn print_cert(indent: &str, info: &palisade_tls::CertInfo) {
+    println!("{indent}subject:   {}", info.subject);
+    println!("{indent}names:     {}", info.sans.join(", "));
+    println!("{indent}issuer:    {}", info.issuer);
+    println!("{indent}valid:     {} .. {}", info.not_before_text, info.not_after_text);
+    let days = (info.not_after - palisade_session::unix(std::time::SystemTime::now()) as i64) / 86_400;
+    println!("{indent}expires in {days} day(s)");
+    println!("{indent}key:       {}", info.key_algorithm);
+    println!("{indent}sha256:    {}", info.sha256_hex);
+    println!("{indent}spki pin:  {}", info.spki_sha256_hex);
+}
+
+fn print_bundle(indent: &str, what: &str, path: &std::path::Path) -> bool {
+    match palisade_tls::load_certs(path) {
+        Ok(certs) => {
+            println!("{indent}{what} {} ({} certificate(s)):", path.display(), certs.len());
+            for c in &certs {
+                match palisade_tls::cert_info(c.as_ref()) {
+                    Ok(i) => println!("{indent}  - {} (until {})", i.subject, i.not_after_text),
+                    Err(e) => println!("{indent}  - unreadable: {e}"),
+                }
+            }
+            true
+        }
+        Err(e) => {
+            println!("{indent}{what}: ERROR {e}");
+            false
+        }
+    }
+}
+
+/// `palisade tls check`: what the listener presents and trusts, and how each upstream is
+/// verified. Exits non-zero when something would fail at start.
+fn tls_check(path: &std::path::Path) -> ExitCode {
+    let config = match Config::load(path) {
+        Ok(c) => c,
+        Err(errs) => {
+            eprintln!("configuration error in {}:\n{errs}", path.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut ok = true;
+    let s = &config.server;
+    println!("listener {}", s.listen);
+    match &s.tls {
+        None => {
+            let note = if s.listen.ip().is_loopback() {
+                "plain HTTP (loopback only)"
+            } else if s.allow_plain_http_non_loopback {
+                "plain HTTP on a non-loopback address (allowed by allow_plain_http_non_loopback)"
+            } else {
+                ok = false;
+                "plain HTTP on a non-loopback address: REFUSED at start; configure [server.tls]"
+            };
+            println!("  {note}");
+        }
+        Some(t) => {
+            println!(
+                "  TLS: minimum {}, ALPN h2 and http/1.1, client certificates {:?}",
+                t.min_version, t.client_auth
+            );
+            match palisade_tls::load_certified_key(&t.cert_file, &t.key_file) {
+                Ok((_, info)) => {
+                    println!("  presents {}:", t.cert_file.display());
+                    print_cert("    ", &info);
+                }
+                Err(e) => {
+                    ok = false;
+                    println!("  presents: ERROR {e}");
+                }
+            }
+            if let Some(ca) = &t.client_ca_file {
+                ok &= print_bundle("  ", "trusts client certificates from", ca);
+            }
+        }
+    }
+    for (name, up) in &config.upstreams {
+        let palisade_config::Transport::Http(h) = &up.get_ref().transport else {
+            continue;
+        };
+        println!("upstream {name}: {}", h.url);
+        if !h.url.starts_with("https://") {
+            println!("  plain HTTP");
+            continue;
+        }
+        if !h.pinned_cert_sha256.is_empty() {
+            println!(
+                "  trusts only certificates with SHA-256 {}",
+                h.pinned_cert_sha256.join(", ")
+            );
+        } else if !h.pinned_spki_sha256.is_empty() {
+            let chain = if h.ca_file.is_some() {
+                "chain validated against ca_file and "
+            } else {
+                ""
+            };
+            println!(
+                "  trusts: {chain}a public key with SPKI SHA-256 {}",
+                h.pinned_spki_sha256.join(", ")
+            );
+        } else if h.only_custom_ca {
+            println!("  trusts only the CAs in ca_file");
+        } else if h.ca_file.is_some() {
+            println!("  trusts the system roots and the CAs in ca_file");
+        } else {
+            println!("  trusts the system roots");
+        }
+        if let Some(ca) = &h.ca_file {
+            ok &= print_bundle("  ", "ca_file", ca);
+        }
+        if let (Some(c), Some(k)) = (&h.client_cert_file, &h.client_key_file) {
+            match palisade_tls::load_certified_key(c, k) {
+                Ok((_, info)) => {
+                    println!("  presents client certificate {}:", c.display());
+                    print_cert("    ", &info);
+                }
+                Err(e) => {
+                    ok = false;
+                    println!("  client certificate: ERROR {e}");
+                }
+            }
+        }
+    }
+    if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE }
 }

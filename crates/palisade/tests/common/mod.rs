@@ -100,6 +100,11 @@ impl Gateway {
         format!("{}{path}", self.base)
     }
 
+    /// The gateway's process id (for signals).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The gateway's configuration file.
     pub fn config_path(&self) -> PathBuf {
         self._dir.join("palisade.toml")
