@@ -157,3 +157,41 @@ fn auth_settings_are_checked() {
     );
     assert!(Config::from_toml(&ok).is_ok());
 }
+
+#[test]
+fn tls_settings_are_checked() {
+    let up = "[upstreams.a]\ntransport = \"stdio\"\ncommand = \"x\"\n";
+    let tls = "[server.tls]\ncert_file = \"c.pem\"\nkey_file = \"k.pem\"\n";
+    let bad = [
+        (format!("{tls}min_version = \"1.1\"\n"), "server.tls.min_version"),
+        (format!("{tls}client_auth = \"required\"\n"), "needs client_ca_file"),
+        (format!("{tls}client_ca_file = \"ca.pem\"\n"), "client_auth = \"none\""),
+        (format!("{tls}client_auth = \"sometimes\"\n"), "unknown variant"),
+        (format!("{tls}certfile = \"x\"\n"), "unknown field"),
+    ];
+    for (t, want) in bad {
+        let e = Config::from_toml(&format!("{t}{up}")).unwrap_err().to_string();
+        assert!(e.contains(want), "{t}: {e}");
+    }
+    assert!(Config::from_toml(&format!("{tls}{up}")).is_ok());
+    let h = "[upstreams.h]\ntransport = \"http\"\nurl = \"URL\"\n";
+    let bad_up = [
+        ("https://h/mcp", "client_cert_file = \"c\"\n", "go together"),
+        (
+            "https://h/mcp",
+            "pinned_spki_sha256 = [\"aa\"]\npinned_cert_sha256 = [\"bb\"]\n",
+            "not both",
+        ),
+        (
+            "http://127.0.0.1:1/mcp",
+            "pinned_spki_sha256 = [\"aa\"]\n",
+            "pinning needs an https url",
+        ),
+        ("https://h/mcp", "only_custom_ca = true\n", "needs ca_file"),
+    ];
+    for (url, extra, want) in bad_up {
+        let text = format!("{}{extra}", h.replace("URL", url));
+        let e = Config::from_toml(&text).unwrap_err().to_string();
+        assert!(e.contains(want), "{text}: {e}");
+    }
+}
