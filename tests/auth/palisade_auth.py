@@ -31,6 +31,7 @@ import os
 import queue
 import re
 import shutil
+import ssl
 import subprocess
 import threading
 import time
@@ -722,16 +723,17 @@ _DEFAULT: Any = object()
 class Mcp:
     """A raw Streamable HTTP MCP client: one POST per call, every status and header visible."""
 
-    def __init__(self, url: str, auth: Auth = no_auth, *, keepalive: bool = True) -> None:
+    def __init__(self, url: str, auth: Auth = no_auth, *, keepalive: bool = True,
+                 verify: ssl.SSLContext | bool = True) -> None:
         """``keepalive=False`` opens a new connection per request (for loops of refused requests, so a
         connection the gateway drops after a refusal cannot fail the next one; that behaviour has its own
-        test)."""
+        test). ``verify``: an ``ssl.SSLContext`` trusting the test CA for a gateway with ``[server.tls]``."""
         self.url = url
         self.auth = auth
         self.session_id: str | None = None
         self._next_id = 0
         limits = httpx2.Limits() if keepalive else httpx2.Limits(max_keepalive_connections=0)
-        self.http = httpx2.Client(timeout=httpx2.Timeout(REQUEST_TIMEOUT), limits=limits)
+        self.http = httpx2.Client(timeout=httpx2.Timeout(REQUEST_TIMEOUT), limits=limits, verify=verify)
 
     def __enter__(self) -> Mcp:
         return self
@@ -852,18 +854,18 @@ def describe(resp: httpx2.Response) -> str:
 
 
 def wait_for_keys(gw: Gateway, token: str | Callable[[], str], *, endpoint: str | None = "demo",
-                  timeout: float = 10) -> None:
+                  timeout: float = 10, verify: ssl.SSLContext | bool = True) -> None:
     """Poll until the gateway has its issuer's signing keys: a request with ``token`` is accepted or
     refused for any reason but ``keys_unavailable``.
 
     The gateway prints its ready line before the first JWKS fetch / discovery completes, and refuses
     tokens meanwhile (see test_auth_valid_tokens.py::test_request_while_keys_load_is_not_refused);
-    tests about other things wait for the keys first.
+    tests about other things wait for the keys first. ``verify`` as for ``Mcp`` (TLS listeners).
     """
     def loaded() -> bool:
         mark = gw.mark()
         value = token() if callable(token) else token
-        with Mcp(gw.endpoint(endpoint), bearer(value), keepalive=False) as client:
+        with Mcp(gw.endpoint(endpoint), bearer(value), keepalive=False, verify=verify) as client:
             resp = client.post(client.initialize_message(), session_id=None)
         if resp.status_code == 200:
             return True
