@@ -28,6 +28,22 @@ pub struct Config {
     pub auth: AuthConfig,
     #[serde(default)]
     pub secrets: SecretsConfig,
+    /// The admin listener (metrics, health), off unless configured.
+    #[serde(default)]
+    pub admin: Option<AdminConfig>,
+}
+
+/// `[admin]`: a separate listener for operators (`/metrics`, `/healthz`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+    /// TLS (and, with `client_auth = "required"`, mutual TLS) on the admin listener.
+    #[serde(default)]
+    pub tls: Option<TlsListenerConfig>,
+    /// Serve plain HTTP on a non-loopback address.
+    #[serde(default)]
+    pub allow_plain_http_non_loopback: bool,
 }
 
 /// The listener and its hygiene limits.
@@ -470,27 +486,10 @@ impl Config {
         }
         self.validate_auth(&mut errs);
         if let Some(t) = &s.tls {
-            if !matches!(t.min_version.as_str(), "1.2" | "1.3") {
-                errs.push(err_at(
-                    "server.tls.min_version",
-                    None,
-                    "must be \"1.2\" or \"1.3\"".into(),
-                ));
-            }
-            if t.client_auth != ClientAuth::None && t.client_ca_file.is_none() {
-                errs.push(err_at(
-                    "server.tls.client_ca_file",
-                    None,
-                    "client_auth = \"optional\" or \"required\" needs client_ca_file".into(),
-                ));
-            }
-            if t.client_ca_file.is_some() && t.client_auth == ClientAuth::None {
-                errs.push(err_at(
-                    "server.tls.client_auth",
-                    None,
-                    "client_ca_file is set but client_auth = \"none\"; set \"optional\" or \"required\"".into(),
-                ));
-            }
+            validate_tls("server.tls", t, &mut errs);
+        }
+        if let Some(t) = self.admin.as_ref().and_then(|a| a.tls.as_ref()) {
+            validate_tls("admin.tls", t, &mut errs);
         }
         for (name, up) in &self.upstreams {
             let line = Some(line_of(text, up.span().start));
@@ -706,6 +705,30 @@ fn validate_url(url: &str, allow_insecure: bool, key: &str, line: Option<usize>,
             }
         }
         _ => errs.push(err_at(key, line, format!("scheme {scheme:?} is not http or https"))),
+    }
+}
+
+fn validate_tls(section: &str, t: &TlsListenerConfig, errs: &mut Vec<ConfigError>) {
+    if !matches!(t.min_version.as_str(), "1.2" | "1.3") {
+        errs.push(err_at(
+            &format!("{section}.min_version"),
+            None,
+            "must be \"1.2\" or \"1.3\"".into(),
+        ));
+    }
+    if t.client_auth != ClientAuth::None && t.client_ca_file.is_none() {
+        errs.push(err_at(
+            &format!("{section}.client_ca_file"),
+            None,
+            "client_auth = \"optional\" or \"required\" needs client_ca_file".into(),
+        ));
+    }
+    if t.client_ca_file.is_some() && t.client_auth == ClientAuth::None {
+        errs.push(err_at(
+            &format!("{section}.client_auth"),
+            None,
+            "client_ca_file is set but client_auth = \"none\"; set \"optional\" or \"required\"".into(),
+        ));
     }
 }
 

@@ -8,6 +8,7 @@
 // Handlers return `Result<_, Response>`: the error is the HTTP answer itself, on a cold path.
 #![allow(clippy::result_large_err)]
 
+pub mod admin;
 pub mod auth;
 pub mod forward;
 pub mod gateway;
@@ -20,4 +21,4 @@ pub mod stateless;
 pub mod stream;
 
 pub use gateway::Gateway;
-pub use server::{build_router, serve};
+pub use server::{build_router, serve, serve_router};

@@ -139,7 +139,6 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let header_timeout = Duration::from_millis(gw.config.server.header_timeout_ms);
     let router = build_router(gw.clone(), tls.as_ref().and_then(|t| t.hsts()));
-    let conns = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let sweeper = {
         let gw = gw.clone();
         let stop = stop.clone();
@@ -153,6 +152,22 @@ pub async fn serve(
             }
         })
     };
+    serve_router(router, listener, tls, header_timeout, stop).await;
+    sweeper.abort();
+    gw.shutdown().await;
+    Ok(())
+}
+
+/// The accept loop shared by the MCP and admin listeners: connection limit, optional
+/// TLS handshake (with timeout), HTTP/1.1 and HTTP/2, until `stop` is cancelled.
+pub async fn serve_router(
+    router: Router,
+    listener: TcpListener,
+    tls: Option<Arc<TlsListener>>,
+    header_timeout: Duration,
+    stop: CancellationToken,
+) {
+    let conns = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let permit = tokio::select! {
             p = conns.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
@@ -199,7 +214,4 @@ pub async fn serve(
             }
         });
     }
-    sweeper.abort();
-    gw.shutdown().await;
-    Ok(())
 }

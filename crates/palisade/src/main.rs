@@ -315,6 +315,13 @@ async fn run(config: Config, demo: Option<()>) -> ExitCode {
         }
     };
     let scheme = if tls.is_some() { "https" } else { "http" };
+    let admin = match bind_admin(&config).await {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let auth = match build_auth(&config, bound).await {
         Ok(a) => a,
         Err(e) => {
@@ -380,9 +387,31 @@ async fn run(config: Config, demo: Option<()>) -> ExitCode {
             println!("endpoint: {scheme}://{bound}/mcp/{n}");
         }
     }
+    let stop = CancellationToken::new();
+    if let Some((admin_listener, admin_tls)) = admin {
+        let addr = admin_listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+        let admin_scheme = if admin_tls.is_some() { "https" } else { "http" };
+        println!("admin listening on {admin_scheme}://{addr}");
+        let mut reported = vec![];
+        if let Some(t) = &tls {
+            reported.push(("mcp".to_owned(), t.clone()));
+        }
+        if let Some(t) = &admin_tls {
+            reported.push(("admin".to_owned(), t.clone()));
+            let watcher = t.clone();
+            let stop_watch = stop.clone();
+            tokio::spawn(async move { watcher.watch(stop_watch.cancelled_owned()).await });
+        }
+        let state = Arc::new(palisade_gateway::admin::Admin::new(gw.clone(), reported));
+        let router = palisade_gateway::admin::router(state, admin_tls.as_ref().and_then(|t| t.hsts()));
+        let header_timeout = std::time::Duration::from_millis(gw.config.server.header_timeout_ms);
+        let stop_admin = stop.clone();
+        tokio::spawn(async move {
+            palisade_gateway::serve_router(router, admin_listener, admin_tls, header_timeout, stop_admin).await;
+        });
+    }
     use std::io::Write;
     let _ = std::io::stdout().flush();
-    let stop = CancellationToken::new();
     let signal_stop = stop.clone();
     tokio::spawn(async move {
         wait_for_signal().await;
@@ -449,31 +478,47 @@ fn public_url(config: &Config, bound: SocketAddr) -> String {
 /// The TLS listener, or plain HTTP where that is allowed: loopback, or a non-loopback
 /// address only with `allow_plain_http_non_loopback` (behind a TLS-terminating proxy).
 fn build_tls(config: &Config, bound: SocketAddr) -> Result<Option<Arc<palisade_tls::TlsListener>>, String> {
-    match &config.server.tls {
+    listener_tls(
+        "server",
+        config.server.tls.as_ref(),
+        config.server.allow_plain_http_non_loopback,
+        bound,
+    )
+}
+
+fn listener_tls(
+    section: &str,
+    tls: Option<&palisade_config::TlsListenerConfig>,
+    allow_plain: bool,
+    bound: SocketAddr,
+) -> Result<Option<Arc<palisade_tls::TlsListener>>, String> {
+    match tls {
         Some(t) => {
-            let l = palisade_tls::TlsListener::new(t).map_err(|e| format!("server.tls: {e}"))?;
+            let l = palisade_tls::TlsListener::new(t).map_err(|e| format!("{section}.tls: {e}"))?;
             let info = l.info();
             tracing::info!(
                 subject = %info.subject,
                 not_after = %info.not_after_text,
                 min_version = %t.min_version,
                 client_auth = ?t.client_auth,
+                listener = section,
                 "TLS enabled"
             );
             Ok(Some(Arc::new(l)))
         }
         None if bound.ip().is_loopback() => Ok(None),
-        None if config.server.allow_plain_http_non_loopback => {
+        None if allow_plain => {
             tracing::warn!(
                 %bound,
+                listener = section,
                 "SERVING PLAIN HTTP ON A NON-LOOPBACK ADDRESS: tokens and session ids cross the network in clear \
-                 unless a TLS-terminating proxy is in front (server.allow_plain_http_non_loopback = true)"
+                 unless a TLS-terminating proxy is in front (allow_plain_http_non_loopback = true)"
             );
             Ok(None)
         }
         None => Err(format!(
-            "plain HTTP on non-loopback address {bound}: configure [server.tls], or set \
-             server.allow_plain_http_non_loopback = true behind a TLS-terminating proxy"
+            "plain HTTP on non-loopback address {bound}: configure [{section}.tls], or set \
+             {section}.allow_plain_http_non_loopback = true behind a TLS-terminating proxy"
         )),
     }
 }
@@ -747,12 +792,32 @@ fn tls_check(path: &std::path::Path) -> ExitCode {
     };
     let mut ok = true;
     let s = &config.server;
-    println!("listener {}", s.listen);
-    match &s.tls {
+    ok &= check_listener("listener", s.listen, s.tls.as_ref(), s.allow_plain_http_non_loopback);
+    if let Some(a) = &config.admin {
+        ok &= check_listener(
+            "admin listener",
+            a.listen,
+            a.tls.as_ref(),
+            a.allow_plain_http_non_loopback,
+        );
+    }
+    ok &= check_upstreams(&config);
+    if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+}
+
+fn check_listener(
+    what: &str,
+    listen: SocketAddr,
+    tls: Option<&palisade_config::TlsListenerConfig>,
+    allow_plain: bool,
+) -> bool {
+    let mut ok = true;
+    println!("{what} {listen}");
+    match tls {
         None => {
-            let note = if s.listen.ip().is_loopback() {
+            let note = if listen.ip().is_loopback() {
                 "plain HTTP (loopback only)"
-            } else if s.allow_plain_http_non_loopback {
+            } else if allow_plain {
                 "plain HTTP on a non-loopback address (allowed by allow_plain_http_non_loopback)"
             } else {
                 ok = false;
@@ -780,6 +845,11 @@ fn tls_check(path: &std::path::Path) -> ExitCode {
             }
         }
     }
+    ok
+}
+
+fn check_upstreams(config: &Config) -> bool {
+    let mut ok = true;
     for (name, up) in &config.upstreams {
         let palisade_config::Transport::Http(h) = &up.get_ref().transport else {
             continue;
@@ -827,5 +897,20 @@ fn tls_check(path: &std::path::Path) -> ExitCode {
             }
         }
     }
-    if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+    ok
+}
+
+/// Binds the admin listener and its TLS, if `[admin]` is configured.
+async fn bind_admin(
+    config: &Config,
+) -> Result<Option<(tokio::net::TcpListener, Option<Arc<palisade_tls::TlsListener>>)>, String> {
+    let Some(a) = &config.admin else {
+        return Ok(None);
+    };
+    let listener = tokio::net::TcpListener::bind(a.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {} (admin): {e}", a.listen))?;
+    let bound = listener.local_addr().unwrap_or(a.listen);
+    let tls = listener_tls("admin", a.tls.as_ref(), a.allow_plain_http_non_loopback, bound)?;
+    Ok(Some((listener, tls)))
 }

@@ -334,3 +334,65 @@ fn plain_http_on_a_public_address_needs_a_flag_and_tls_check_reports() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn admin_listener_requires_client_certificates_and_exports_certificate_expiry() {
+    let operators = Ca::new("Operator CA");
+    let f0 = Files::new();
+    let op_ca = f0.write("operators.pem", &operators.pem);
+    let ca = Ca::new("Palisade Test CA");
+    let f = Files::new();
+    let (cert, key) = ca.issue("gateway", &["localhost", "127.0.0.1"]);
+    f.write("cert.pem", &cert);
+    f.write("key.pem", &key);
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let admin = format!(
+        "[admin]\nlisten = \"127.0.0.1:{port}\"\n[admin.tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\nclient_auth = \"required\"\nclient_ca_file = \"{}\"\n",
+        f.path("cert.pem").display(),
+        f.path("key.pem").display(),
+        op_ca.display()
+    );
+    let gw = Gateway::start_with(
+        &format!("{admin}\n{}", demo_upstream("demo", "shared")),
+        &tls_section(&f, ""),
+        &[],
+    );
+    let metrics = format!("https://127.0.0.1:{port}/metrics");
+    // The admin listener starts right after the MCP one; wait for it.
+    let (oc, ok_) = operators.issue("prometheus", &["prometheus.internal"]);
+    let operator = client(&ca.pem, false, Some((&oc, &ok_)));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let text = loop {
+        match operator.get(&metrics).send().await {
+            Ok(r) => {
+                assert_eq!(r.status(), 200);
+                assert!(r.headers().contains_key("strict-transport-security"));
+                break r.text().await.unwrap();
+            }
+            Err(e) => {
+                assert!(Instant::now() < deadline, "admin listener unreachable: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    let not_after = palisade_tls::cert_info(&der_of(&cert)).unwrap().not_after;
+    for l in ["mcp", "admin"] {
+        let line = format!("palisade_tls_certificate_not_after_seconds{{listener=\"{l}\"}} {not_after}");
+        assert!(text.contains(&line), "missing {line:?} in:\n{text}");
+    }
+    assert!(text.contains("palisade_sessions"), "{text}");
+    // Without a client certificate, or with the MCP CA's: refused.
+    assert!(client(&ca.pem, false, None).get(&metrics).send().await.is_err());
+    let (sc, sk) = ca.issue("not-an-operator", &["x.internal"]);
+    assert!(
+        client(&ca.pem, false, Some((&sc, &sk)))
+            .get(&metrics)
+            .send()
+            .await
+            .is_err()
+    );
+    drop(gw);
+}

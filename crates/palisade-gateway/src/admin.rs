@@ -1,0 +1,107 @@
+//! The admin listener: Prometheus metrics and health, apart from the MCP listener so it
+//! can be bound to a private address and put behind mutual TLS.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use http::{HeaderValue, StatusCode, header};
+use palisade_tls::TlsListener;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use crate::gateway::Gateway;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ListenerLabel {
+    listener: String,
+}
+
+/// What the admin endpoints read.
+pub struct Admin {
+    gw: Arc<Gateway>,
+    /// Named TLS listeners whose certificates are reported.
+    tls: Vec<(String, Arc<TlsListener>)>,
+    registry: Registry,
+    expiry: Family<ListenerLabel, Gauge>,
+    sessions: Gauge,
+}
+
+impl std::fmt::Debug for Admin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Admin").finish_non_exhaustive()
+    }
+}
+
+impl Admin {
+    pub fn new(gw: Arc<Gateway>, tls: Vec<(String, Arc<TlsListener>)>) -> Self {
+        let mut registry = Registry::with_prefix("palisade");
+        let expiry = Family::<ListenerLabel, Gauge>::default();
+        registry.register(
+            "tls_certificate_not_after_seconds",
+            "Expiry (unix time) of the certificate each TLS listener serves",
+            expiry.clone(),
+        );
+        let sessions = Gauge::default();
+        registry.register("sessions", "Live MCP sessions held by this process", sessions.clone());
+        Admin {
+            gw,
+            tls,
+            registry,
+            expiry,
+            sessions,
+        }
+    }
+
+    /// The Prometheus text exposition, with values read now.
+    pub fn render(&self) -> Result<String, std::fmt::Error> {
+        for (name, l) in &self.tls {
+            self.expiry
+                .get_or_create(&ListenerLabel { listener: name.clone() })
+                .set(l.info().not_after);
+        }
+        let live = self.gw.sessions.lock().map(|m| m.len()).unwrap_or(0);
+        self.sessions.set(i64::try_from(live).unwrap_or(i64::MAX));
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
+        Ok(out)
+    }
+}
+
+async fn metrics(State(a): State<Arc<Admin>>) -> Response {
+    match a.render() {
+        Ok(text) => (
+            StatusCode::OK,
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}
+
+/// The admin routes, with the security headers (and HSTS when `hsts` is given).
+pub fn router(admin: Arc<Admin>, hsts: Option<String>) -> Router {
+    let hsts = hsts.and_then(|v| HeaderValue::from_str(&v).ok());
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok" }))
+        .with_state(admin)
+        .layer(axum::middleware::map_response(move |mut r: Response| {
+            let hsts = hsts.clone();
+            async move {
+                crate::hygiene::security_headers(r.headers_mut());
+                if let Some(v) = hsts {
+                    r.headers_mut().insert(header::STRICT_TRANSPORT_SECURITY, v);
+                }
+                r
+            }
+        }))
+}
