@@ -137,7 +137,7 @@ impl DevIssuer {
             "aud": req.audiences,
             "iat": now,
             "nbf": now,
-            "exp": now + req.ttl_s.unwrap_or(self.ttl_s),
+            "exp": now.saturating_add(req.ttl_s.unwrap_or(self.ttl_s)),
             "jti": URL_SAFE_NO_PAD.encode(rnd),
             "client_id": "palisade-dev",
         });

@@ -95,8 +95,8 @@ impl DpopChecker {
             .get("iat")
             .and_then(Value::as_u64)
             .ok_or_else(|| bad(Reason::DpopInvalid, "DPoP proof has no iat"))?;
-        let window = self.max_age.as_secs() + self.leeway.as_secs();
-        if iat > now + self.leeway.as_secs() || now.saturating_sub(iat) > window {
+        let window = self.max_age.as_secs().saturating_add(self.leeway.as_secs());
+        if iat > now.saturating_add(self.leeway.as_secs()) || now.saturating_sub(iat) > window {
             return Err(bad(Reason::DpopInvalid, "DPoP proof is stale or from the future"));
         }
         let ath = URL_SAFE_NO_PAD.encode(digest::digest(&digest::SHA256, t.token.as_bytes()));

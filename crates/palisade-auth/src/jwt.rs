@@ -182,7 +182,7 @@ fn check_times(claims: &Map<String, Value>, leeway: Duration, now: u64) -> Resul
         let iat = iat
             .as_u64()
             .ok_or_else(|| bad(Reason::MalformedToken, "iat is not a number"))?;
-        if iat > now + leeway.as_secs() {
+        if iat > now.saturating_add(leeway.as_secs()) {
             return Err(bad(Reason::NotYetValid, "token issued in the future"));
         }
     }

@@ -193,7 +193,7 @@ impl Authenticator {
     async fn verify_token(&self, token: &str, now: u64) -> Result<Arc<Identity>, AuthError> {
         let key = sha256(token.as_bytes());
         if let Some(id) = self.cache.get(&key) {
-            if id.expires_at + self.leeway.as_secs() > now {
+            if id.expires_at.saturating_add(self.leeway.as_secs()) > now {
                 return Ok(id);
             }
             self.cache.invalidate(&key);
@@ -205,7 +205,7 @@ impl Authenticator {
         } else if let Some(intro) = &self.introspector {
             let mut id = intro.introspect(token, now).await?;
             // Cache an introspection answer at most `cache_max_s`, never past expiry.
-            id.expires_at = id.expires_at.min(now + intro.cache_max_s());
+            id.expires_at = id.expires_at.min(now.saturating_add(intro.cache_max_s()));
             id
         } else {
             return Err(AuthError::new(Reason::MalformedToken, "malformed access token"));
@@ -583,6 +583,21 @@ mod props {
         );
         let other = mint("http://127.0.0.1:1/mcp/y", &[]);
         assert_eq!(run(&other, &[]).unwrap_err().reason, Reason::WrongAudience);
+        // An absurd expiry neither overflows nor panics, on first use or from the cache.
+        let forever = dev
+            .mint(
+                &MintRequest {
+                    subject: "alice".into(),
+                    audiences: vec!["http://127.0.0.1:1/mcp/x".into()],
+                    ttl_s: Some(u64::MAX),
+                    ..Default::default()
+                },
+                now,
+            )
+            .unwrap();
+        for _ in 0..2 {
+            assert!(run(&forever, &[]).is_ok());
+        }
         // A flipped signature byte fails.
         let mut bad = ok.clone().into_bytes();
         let i = bad.len() - 5;

@@ -603,8 +603,11 @@ impl Config {
                 "must be between 256 and 65536".into(),
             ));
         }
-        if a.dpop_max_age_s == 0 {
-            errs.push(err_at("auth.dpop_max_age_s", None, "must be positive".into()));
+        if a.dpop_max_age_s == 0 || a.dpop_max_age_s > 3600 {
+            errs.push(err_at("auth.dpop_max_age_s", None, "must be between 1 and 3600".into()));
+        }
+        if a.leeway_s > 600 {
+            errs.push(err_at("auth.leeway_s", None, "must be at most 600 seconds".into()));
         }
     }
 
