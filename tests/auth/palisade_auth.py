@@ -552,6 +552,10 @@ class Process:
         with self._lock:
             return list(self.stderr_lines)
 
+    def stdout_snapshot(self) -> list[str]:
+        with self._lock:
+            return list(self.stdout_lines)
+
     def wait_for_stdout(self, prefix: str, timeout: float = START_TIMEOUT) -> str:
         """The rest of the first stdout line starting with ``prefix``."""
         deadline = time.monotonic() + timeout
@@ -1009,6 +1013,10 @@ AUDIT_REASONS: dict[str, frozenset[str] | None] = {
     "untrusted_issuer": frozenset({"wrong_issuer", "unknown_kid", "bad_signature"}),
     # discovery metadata whose `issuer` differs from the configured one: no keys for that issuer
     "discovery_issuer_mismatch": frozenset({"keys_unavailable", "unknown_kid", "wrong_issuer"}),
+    # RFC 7662 introspection (opaque tokens): the server says active=false (unknown, revoked, expired
+    # token), or the call itself failed (server unreachable, client authentication refused, not JSON)
+    "inactive_token": frozenset({"inactive_token"}),
+    "introspection_failed": frozenset({"introspection_failed"}),
 }
 
 

@@ -19,7 +19,25 @@
 //     (RFC 9068, typ at+jwt) whose `aud` is that resource and whose scope is
 //     the requested subset of "mcp" ($OIDC_RESOURCE_SCOPES, space-separated);
 //   - a fresh ES256 signing key, generated with node:crypto at every start and
-//     published at the provider's jwks_uri.
+//     published at the provider's jwks_uri;
+//   - opaque access tokens for introspection (RFC 7662): a second confidential
+//     client, $OIDC_OPAQUE_CLIENT_ID (default palisade-test-opaque, same secret,
+//     client_secret_basic), gets the same resource-bound client_credentials
+//     tokens as the first, but opaque instead of JWT. Its tokens carry
+//     `sub` = its client id (see extraTokenClaims below);
+//   - the introspection endpoint (/token/introspection), answering only the
+//     resource server's own client, $OIDC_GATEWAY_CLIENT_ID /
+//     $OIDC_GATEWAY_CLIENT_SECRET (default palisade-gateway /
+//     palisade-gateway-secret, client_secret_basic); any other client gets
+//     {"active": false}. Every introspection call that reaches the provider
+//     prints one stdout line (never the token), so tests can count calls:
+//
+//       oidc-provider introspection status=200 client_id=palisade-gateway active=true
+//
+//     (client_id is the client the caller named, "-" if none; status=401
+//     when its authentication failed);
+//   - the revocation endpoint (/token/revocation, RFC 7009): a client may
+//     revoke its own tokens.
 //
 // Stops on SIGTERM / SIGINT.
 
@@ -38,6 +56,10 @@ const clientId = process.env.OIDC_CLIENT_ID || 'palisade-test';
 const clientSecret = process.env.OIDC_CLIENT_SECRET || 'palisade-test-secret';
 const resourceScopes = process.env.OIDC_RESOURCE_SCOPES || 'mcp';
 const accessTokenTtl = Number(process.env.OIDC_ACCESS_TOKEN_TTL || 600);
+const opaqueClientId = process.env.OIDC_OPAQUE_CLIENT_ID || 'palisade-test-opaque';
+const gatewayClientId = process.env.OIDC_GATEWAY_CLIENT_ID || 'palisade-gateway';
+const gatewayClientSecret = process.env.OIDC_GATEWAY_CLIENT_SECRET || 'palisade-gateway-secret';
+const introspectionPath = '/token/introspection';
 
 function signingJwks() {
   const { privateKey } = crypto.generateKeyPairSync('ec', { namedCurve: 'P-256' });
@@ -78,6 +100,24 @@ server.listen(port, '127.0.0.1', () => {
         redirect_uris: [],
         token_endpoint_auth_method: 'client_secret_post',
       },
+      {
+        client_id: opaqueClientId,
+        client_secret: clientSecret,
+        grant_types: ['client_credentials'],
+        response_types: [],
+        redirect_uris: [],
+        token_endpoint_auth_method: 'client_secret_basic',
+      },
+      {
+        // The gateway as a resource server: it only calls the introspection
+        // endpoint, so it may use no grant.
+        client_id: gatewayClientId,
+        client_secret: gatewayClientSecret,
+        grant_types: [],
+        response_types: [],
+        redirect_uris: [],
+        token_endpoint_auth_method: 'client_secret_basic',
+      },
     ],
     clientDefaults: {
       id_token_signed_response_alg: 'ES256',
@@ -88,28 +128,45 @@ server.listen(port, '127.0.0.1', () => {
     features: {
       devInteractions: { enabled: false },
       clientCredentials: { enabled: true },
-      introspection: { enabled: false },
-      revocation: { enabled: false },
+      introspection: {
+        enabled: true,
+        // Only the resource server may learn what a token is worth.
+        allowedPolicy: async (_ctx, client) => client.clientId === gatewayClientId,
+      },
+      revocation: {
+        enabled: true,
+        allowedPolicy: async (_ctx, client, token) => client.clientId === token.clientId,
+      },
       resourceIndicators: {
         enabled: true,
         // No resource requested: no default (the token would be opaque and
         // useless to the gateway); tests always send one.
         defaultResource: async (_ctx, _client, oneOf) => oneOf,
         useGrantedResource: async () => true,
-        getResourceServerInfo: async (_ctx, resourceIndicator) => {
+        getResourceServerInfo: async (_ctx, resourceIndicator, client) => {
           if (!isResourceUri(resourceIndicator)) {
             throw new errors.InvalidTarget();
           }
           return {
             audience: resourceIndicator,
             scope: resourceScopes,
-            accessTokenFormat: 'jwt',
+            accessTokenFormat: client?.clientId === opaqueClientId ? 'opaque' : 'jwt',
             accessTokenTTL: accessTokenTtl,
             jwt: { sign: { alg: 'ES256' } },
           };
         },
       },
     },
+    // A client_credentials token has no end user, and oidc-provider's
+    // introspection answer only has a `sub` for tokens with an account. JWT
+    // access tokens use the client id as `sub` in that case (RFC 9068 2.2);
+    // for opaque tokens the documented way to add claims is extraTokenClaims:
+    // they are stored with the token and returned by introspection as top-level
+    // members. So the opaque client's tokens say sub = client id, like its JWTs
+    // would (for JWTs the provider sets that `sub` itself, after these claims).
+    extraTokenClaims: async (_ctx, token) => (
+      token.kind === 'ClientCredentials' && !token.accountId ? { sub: token.clientId } : undefined
+    ),
     ttl: {
       ClientCredentials: (_ctx, token) => token.resourceServer?.accessTokenTTL || accessTokenTtl,
     },
@@ -123,6 +180,18 @@ server.listen(port, '127.0.0.1', () => {
   });
   provider.on('grant.error', (_ctx, err) => {
     console.error(`oidc-provider grant.error: ${err?.name}: ${err?.message} ${err?.error_description ?? ''}`);
+  });
+
+  // Counts introspection calls for the tests: one stdout line per call, after
+  // the answer is decided and before it is sent (so the line is in the pipe
+  // before the caller can act on the answer).
+  provider.use(async (ctx, next) => {
+    await next();
+    if (ctx.path === introspectionPath && ctx.method === 'POST') {
+      const active = ctx.body && typeof ctx.body === 'object' ? ctx.body.active === true : false;
+      const caller = ctx.oidc?.client?.clientId ?? '-';
+      console.log(`oidc-provider introspection status=${ctx.status} client_id=${caller} active=${active}`);
+    }
   });
 
   server.on('request', provider.callback());
