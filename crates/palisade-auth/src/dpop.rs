@@ -48,13 +48,16 @@ impl DpopChecker {
     pub fn new(max_age: Duration, leeway: Duration, capacity: u64) -> Self {
         let seen = moka::sync::Cache::builder()
             .max_capacity(capacity)
-            .time_to_live(max_age + leeway + leeway)
+            // Whole-second clocks: keep entries a little longer than any proof is accepted.
+            .time_to_live(max_age + leeway + leeway + Duration::from_secs(5))
             .build();
         DpopChecker { seen, max_age, leeway }
     }
 
-    /// Verifies `proof` for `target` and returns the proof key's thumbprint.
-    pub fn check(&self, proof: &str, target: &ProofTarget<'_>, now: u64) -> Result<String, AuthError> {
+    /// Verifies `proof` for `target`, made with the key whose thumbprint is `jkt`.
+    /// The `jti` is remembered only for proofs that pass every other check, so proofs
+    /// signed with other keys cannot fill the replay cache.
+    pub fn check(&self, proof: &str, target: &ProofTarget<'_>, jkt: &str, now: u64) -> Result<(), AuthError> {
         let parts = jwt::split(proof).map_err(|_| bad(Reason::DpopInvalid, "malformed DPoP proof"))?;
         let alg = proof_alg(&parts.header)?;
         let jwk = parts
@@ -74,9 +77,11 @@ impl DpopChecker {
             .map_err(|_| bad(Reason::DpopInvalid, "DPoP proof signature does not verify"))?
             .claims;
         self.check_claims(&claims, target, now)?;
-        let jkt = thumbprint(jwk).ok_or_else(|| bad(Reason::DpopInvalid, "DPoP proof key has no thumbprint"))?;
-        self.check_fresh(&jkt, &claims)?;
-        Ok(jkt)
+        let got = thumbprint(jwk).ok_or_else(|| bad(Reason::DpopInvalid, "DPoP proof key has no thumbprint"))?;
+        if got != jkt {
+            return Err(bad(Reason::DpopMismatch, "DPoP proof key is not the token's key"));
+        }
+        self.check_fresh(jkt, &claims)
     }
 
     fn check_claims(&self, c: &Map<String, Value>, t: &ProofTarget<'_>, now: u64) -> Result<(), AuthError> {

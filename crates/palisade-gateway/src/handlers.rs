@@ -153,11 +153,12 @@ fn decode_error_response(e: DecodeError) -> Response {
     json_message(status, &Message::error(e.id, e.code, &e.message, None))
 }
 
-/// Reads and discards a refused request's body (bounded by size and time, nothing kept),
-/// so the client's keep-alive connection stays usable for its retry with a token.
-async fn drain(gw: &Gateway, body: Body) {
-    let limit = gw.limits.max_bytes;
-    let timeout = Duration::from_millis(gw.config.server.body_timeout_ms);
+/// Reads and discards a refused request's body, at most 64 KiB for at most a second
+/// (nothing kept), so the client's keep-alive connection stays usable for its retry with
+/// a token; a larger or slower body just ends the connection.
+async fn drain(body: Body) {
+    let limit = 64 * 1024;
+    let timeout = Duration::from_secs(1);
     let mut body = body;
     let mut seen = 0usize;
     let _ = tokio::time::timeout(timeout, async {
@@ -212,7 +213,9 @@ async fn post(gw: Arc<Gateway>, route: Route, conn: Conn, headers: HeaderMap, bo
     let caller = match authenticate(&gw, &route, &Method::POST, &conn, &headers).await {
         Ok(c) => c,
         Err(r) => {
-            drain(&gw, body).await;
+            // Drained in the background (small and short), so the refusal is immediate
+            // and holds no request slot, yet a small body leaves the connection reusable.
+            tokio::spawn(drain(body));
             return r;
         }
     };
@@ -686,10 +689,27 @@ pub async fn handle_request(gw: Arc<Gateway>, sess: Arc<LiveSession>, caller: &C
     let Some(client_id) = msg.id.clone() else {
         return json_error(StatusCode::BAD_REQUEST, codes::INVALID_REQUEST, "request without id");
     };
-    if let Some((upstream, tool)) = tool_target(&gw, &sess, &msg)
-        && let Err(r) = crate::auth::check_tool(&gw, &sess, caller, &upstream, &tool)
-    {
-        return r;
+    match tool_target(&gw, &sess, &msg) {
+        Err(()) => {
+            // Fail closed: a name the gateway cannot read unambiguously (duplicate keys,
+            // not a string) is never forwarded, or step-up could check one tool while
+            // the upstream runs another.
+            return json_message(
+                StatusCode::OK,
+                &Message::error(
+                    Some(client_id),
+                    codes::INVALID_PARAMS,
+                    "tools/call needs params.name as a single string (no duplicate keys)",
+                    None,
+                ),
+            );
+        }
+        Ok(Some((upstream, tool))) => {
+            if let Err(r) = crate::auth::check_tool(&gw, &sess, caller, &upstream, &tool) {
+                return r;
+            }
+        }
+        Ok(None) => {}
     }
     let stream = sess.new_stream();
     let key = client_id.as_str().to_owned();
@@ -808,11 +828,16 @@ fn client_notification(sess: &Arc<LiveSession>, msg: Message) {
                 cancel_request(sess, &key);
             }
         }
-        _ => {
+        m if m.starts_with("notifications/") => {
             // roots/list_changed and the like concern every upstream of the session.
             for link in sess.links.values() {
                 answer_upstream(link, msg.clone());
             }
+        }
+        m => {
+            // A request method sent without an id would reach upstreams past every
+            // per-request check (step-up, later policy): dropped.
+            tracing::info!(method = %m, "client notification with a request method dropped");
         }
     }
 }
@@ -878,9 +903,9 @@ async fn get(gw: Arc<Gateway>, route: Route, conn: Conn, headers: HeaderMap) -> 
                 let Some(stream) = sess.stream(stream_id) else {
                     return json_error(StatusCode::NOT_FOUND, codes::INVALID_REQUEST, "unknown stream");
                 };
-                return sse_response(&gw, &sess, stream, seq + 1, false, None);
+                return sse_response(&gw, &sess, stream, seq.saturating_add(1), false, None);
             }
-            return attach_standalone(&gw, &sess, seq + 1);
+            return attach_standalone(&gw, &sess, seq.saturating_add(1));
         }
     }
     let from = sess.standalone_cursor.load(Ordering::Acquire);
@@ -926,17 +951,19 @@ async fn delete(gw: Arc<Gateway>, route: Route, conn: Conn, headers: HeaderMap) 
 }
 
 /// The upstream and upstream-side tool name of a `tools/call`, for step-up checks.
-fn tool_target(gw: &Gateway, sess: &LiveSession, msg: &Message) -> Option<(String, String)> {
+/// `Err` when the name cannot be read unambiguously: serde refuses duplicate fields
+/// (also when one is spelled with escapes), where upstream parsers keep the last one.
+fn tool_target(gw: &Gateway, sess: &LiveSession, msg: &Message) -> Result<Option<(String, String)>, ()> {
     if msg.method() != "tools/call" {
-        return None;
+        return Ok(None);
     }
     #[derive(serde::Deserialize)]
     struct Named {
         name: String,
     }
-    let name = msg.params_as::<Named>()?.name;
-    match &sess.route {
+    let name = msg.params_as::<Named>().ok_or(())?.name;
+    Ok(match &sess.route {
         Route::Single(n) => Some((n.clone(), name)),
         Route::Aggregate => resolve_name(gw, &name),
-    }
+    })
 }

@@ -255,6 +255,21 @@ async fn stateless_links(
                 continue;
             }
             UpstreamKind::Http { client, stateless } => {
+                // One upstream session serves every stateless client: it cannot carry a
+                // per-user exchanged identity, so such upstreams need a session (fail closed).
+                let exchange = matches!(
+                    &h.config.transport,
+                    palisade_config::Transport::Http(c)
+                        if c.oauth.as_ref().is_some_and(|o| o.grant == palisade_config::OAuthGrant::TokenExchange)
+                );
+                if exchange {
+                    if matches!(route, Route::Single(_)) {
+                        return Err(format!(
+                            "{name} acts for each user (token exchange); stateless clients need a session"
+                        ));
+                    }
+                    continue;
+                }
                 let mut slot = stateless.lock().await;
                 if let Some((link, v)) = slot.as_ref() {
                     (link.clone(), v.clone())

@@ -196,6 +196,36 @@ async fn step_up_demands_scope_or_mfa_per_tool() {
     assert_eq!(r.status, 200, "{}", r.body);
     assert!(r.body.contains('3'), "{}", r.body);
 
+    // Duplicate `name` keys: serde would see one, upstream parsers the other. Refused,
+    // never forwarded (the upstream would otherwise run `add` unchecked).
+    for dup in [
+        r#"{"jsonrpc":"2.0","id":9,"method":"tools/call","params":{"name":"echo","name":"add","arguments":{"a":1,"b":2,"text":"x"}}}"#,
+        r#"{"jsonrpc":"2.0","id":9,"method":"tools/call","params":{"name":"echo","n\u0061me":"add","arguments":{"a":1,"b":2,"text":"x"}}}"#,
+        r#"{"jsonrpc":"2.0","id":9,"method":"tools/call","params":{"name":["add"],"arguments":{}}}"#,
+    ] {
+        let bearer = format!("Bearer {plain}");
+        let r = post_raw(
+            &url,
+            dup.to_owned(),
+            &[
+                ("content-type", "application/json"),
+                ("accept", ACCEPT),
+                ("mcp-protocol-version", "2025-11-25"),
+                ("authorization", &bearer),
+                ("mcp-session-id", &sid),
+            ],
+        )
+        .await;
+        // Refused by the gateway itself (the demo server would also refuse duplicates,
+        // but a Python or JS upstream keeps the last key and runs `add`).
+        assert!(
+            r.body.contains("-32602") && r.body.contains("no duplicate keys"),
+            "{dup}: {}",
+            r.body
+        );
+        assert!(!r.body.contains("\"3\""), "{dup}: the upstream ran add: {}", r.body);
+    }
+
     // amr and acr both configured: the acr is missing from dev tokens, so even `mfa` is refused.
     let wc = call(3, "word_count", json!({"text": "a b"}));
     let r = send(&url, Some(&plain), Some(&sid), &wc).await;
