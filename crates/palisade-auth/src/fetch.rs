@@ -42,19 +42,9 @@ pub fn allowed_url(url: &str) -> bool {
 /// Reads a response body up to [`MAX_DOC_BYTES`] and parses it as a JSON object.
 pub async fn json_body(resp: reqwest::Response) -> Result<Value, String> {
     let status = resp.status();
-    if let Some(len) = resp.content_length()
-        && len > MAX_DOC_BYTES as u64
-    {
-        return Err(format!("response too large ({len} bytes)"));
-    }
-    let mut resp = resp;
-    let mut buf = Vec::new();
-    while let Some(chunk) = resp.chunk().await.map_err(|e| e.to_string())? {
-        if buf.len() + chunk.len() > MAX_DOC_BYTES {
-            return Err("response too large".into());
-        }
-        buf.extend_from_slice(&chunk);
-    }
+    let buf = palisade_fetch::read_limited(resp, MAX_DOC_BYTES)
+        .await
+        .map_err(|e| e.to_string())?;
     if !status.is_success() {
         return Err(format!("HTTP {status}"));
     }
@@ -75,7 +65,7 @@ pub async fn get_json(client: &reqwest::Client, url: &str) -> Result<Value, Stri
         .header("accept", "application/json")
         .send()
         .await
-        .map_err(|e| format!("{url}: {e}"))?;
+        .map_err(|e| format!("{url}: {}", palisade_fetch::describe(&e)))?;
     json_body(resp).await.map_err(|e| format!("{url}: {e}"))
 }
 

@@ -57,7 +57,7 @@ impl Introspector {
             .send()
             .await
             .map_err(|e| {
-                tracing::warn!(error = %e, "introspection request failed");
+                tracing::warn!(error = %palisade_fetch::describe(&e), "introspection request failed");
                 AuthError::new(Reason::IntrospectionFailed, "token could not be checked")
             })?;
         let doc = fetch::json_body(resp).await.map_err(|e| {

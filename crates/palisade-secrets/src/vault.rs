@@ -142,7 +142,10 @@ impl VaultStore {
         if let Some(ns) = &self.namespace {
             req = req.header("x-vault-namespace", ns.clone());
         }
-        let resp = req.send().await.map_err(|e| SecretError::Vault(describe(&e)))?;
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| SecretError::Vault(palisade_fetch::describe(&e)))?;
         let status = resp.status();
         if status != StatusCode::OK {
             return Err(self.status_error(status));
@@ -237,19 +240,11 @@ fn client(cfg: &VaultConfig) -> Result<reqwest::Client, SecretError> {
         .map_err(|e| SecretError::Config(format!("vault client: {e}")))
 }
 
-async fn read_bounded(mut resp: reqwest::Response) -> Result<Zeroizing<Vec<u8>>, SecretError> {
-    let too_large = || SecretError::Vault(format!("response larger than {MAX_BODY_BYTES} bytes"));
-    if resp.content_length().is_some_and(|n| n > MAX_BODY_BYTES as u64) {
-        return Err(too_large());
-    }
-    let mut body = Zeroizing::new(Vec::new());
-    while let Some(chunk) = resp.chunk().await.map_err(|e| SecretError::Vault(describe(&e)))? {
-        if body.len() + chunk.len() > MAX_BODY_BYTES {
-            return Err(too_large());
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body)
+async fn read_bounded(resp: reqwest::Response) -> Result<Zeroizing<Vec<u8>>, SecretError> {
+    palisade_fetch::read_limited(resp, MAX_BODY_BYTES)
+        .await
+        .map(Zeroizing::new)
+        .map_err(|e| SecretError::Vault(e.to_string()))
 }
 
 #[derive(Deserialize)]
@@ -276,30 +271,6 @@ fn parse_kv(body: &[u8]) -> Result<Values, String> {
             _ => (k, None),
         })
         .collect())
-}
-
-/// A transport error without URL or headers.
-fn describe(e: &reqwest::Error) -> String {
-    let kind = if e.is_timeout() {
-        "request timed out"
-    } else if e.is_connect() {
-        "connection failed"
-    } else if e.is_body() || e.is_decode() {
-        "reading the response failed"
-    } else {
-        "request failed"
-    };
-    let mut source = String::new();
-    let mut cur: Option<&dyn std::error::Error> = std::error::Error::source(e);
-    while let Some(s) = cur {
-        source = s.to_string();
-        cur = s.source();
-    }
-    if source.is_empty() {
-        kind.to_owned()
-    } else {
-        format!("{kind}: {source}")
-    }
 }
 
 #[cfg(test)]

@@ -505,47 +505,15 @@ impl SseState {
 }
 
 async fn read_limited(resp: reqwest::Response, limit: usize, timeout: Duration) -> Result<Vec<u8>, UpstreamError> {
-    if resp.content_length().is_some_and(|n| n > limit as u64) {
-        return Err(UpstreamError::Protocol(format!("response exceeds {limit} bytes")));
+    match tokio::time::timeout(timeout, palisade_fetch::read_limited(resp, limit)).await {
+        Err(_) => Err(UpstreamError::Timeout),
+        Ok(Ok(body)) => Ok(body),
+        Ok(Err(palisade_fetch::BodyError::Transport(e))) => Err(UpstreamError::Unavailable(redact(&e))),
+        Ok(Err(e)) => Err(UpstreamError::Protocol(e.to_string())),
     }
-    let mut body = Vec::new();
-    let mut stream = resp.bytes_stream();
-    let read = async {
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| UpstreamError::Unavailable(redact(&e)))?;
-            if body.len() + chunk.len() > limit {
-                return Err(UpstreamError::Protocol(format!("response exceeds {limit} bytes")));
-            }
-            body.extend_from_slice(&chunk);
-        }
-        Ok(())
-    };
-    tokio::time::timeout(timeout, read)
-        .await
-        .map_err(|_| UpstreamError::Timeout)??;
-    Ok(body)
 }
 
 /// Error text without the URL's query (which could carry secrets).
 fn redact(e: &reqwest::Error) -> String {
-    let kind = if e.is_connect() {
-        "connection failed"
-    } else if e.is_timeout() {
-        "timed out"
-    } else if e.is_body() || e.is_decode() {
-        "body error"
-    } else {
-        "request failed"
-    };
-    let mut source = String::new();
-    let mut cur: Option<&dyn std::error::Error> = std::error::Error::source(e);
-    while let Some(s) = cur {
-        source = s.to_string();
-        cur = s.source();
-    }
-    if source.is_empty() {
-        kind.to_owned()
-    } else {
-        format!("{kind}: {source}")
-    }
+    palisade_fetch::describe(e)
 }

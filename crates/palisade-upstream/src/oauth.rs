@@ -351,19 +351,12 @@ fn sha256(data: &[u8]) -> [u8; 32] {
     out
 }
 
-async fn read_bounded(mut resp: reqwest::Response) -> Result<Zeroizing<Vec<u8>>, OAuthError> {
-    let too_large = || OAuthError::InvalidResponse(format!("larger than {MAX_RESPONSE_BYTES} bytes"));
-    if resp.content_length().is_some_and(|n| n > MAX_RESPONSE_BYTES as u64) {
-        return Err(too_large());
+async fn read_bounded(resp: reqwest::Response) -> Result<Zeroizing<Vec<u8>>, OAuthError> {
+    match palisade_fetch::read_limited(resp, MAX_RESPONSE_BYTES).await {
+        Ok(body) => Ok(Zeroizing::new(body)),
+        Err(palisade_fetch::BodyError::Transport(e)) => Err(transport_error(e)),
+        Err(e) => Err(OAuthError::InvalidResponse(e.to_string())),
     }
-    let mut body = Zeroizing::new(Vec::new());
-    while let Some(chunk) = resp.chunk().await.map_err(transport_error)? {
-        if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
-            return Err(too_large());
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body)
 }
 
 /// A token endpoint response: RFC 6749 §5.1 success or §5.2 error fields.
@@ -441,24 +434,10 @@ fn printable(s: &str) -> String {
 /// A transport error without URL or headers.
 fn transport_error(e: reqwest::Error) -> OAuthError {
     if e.is_timeout() {
-        return OAuthError::Timeout;
-    }
-    let kind = if e.is_connect() {
-        "connection failed"
+        OAuthError::Timeout
     } else {
-        "request failed"
-    };
-    let mut source = String::new();
-    let mut cur: Option<&dyn std::error::Error> = std::error::Error::source(&e);
-    while let Some(s) = cur {
-        source = s.to_string();
-        cur = s.source();
+        OAuthError::Unavailable(palisade_fetch::describe(&e))
     }
-    OAuthError::Unavailable(if source.is_empty() {
-        kind.to_owned()
-    } else {
-        format!("{kind}: {source}")
-    })
 }
 
 #[cfg(test)]
