@@ -226,8 +226,9 @@ impl Authenticator {
     }
 
     fn check_audience(&self, id: &Identity, ep: &Endpoint<'_>) -> Result<(), AuthError> {
-        let resource = self.resource_uri(ep.path);
-        if id.static_audience || id.audiences.iter().any(|a| a.trim_end_matches('/') == resource) {
+        // public_url + path, compared in place (this runs on every request).
+        let is_resource = |a: &String| a.trim_end_matches('/').strip_prefix(self.public_url.as_str()) == Some(ep.path);
+        if id.static_audience || id.audiences.iter().any(is_resource) {
             Ok(())
         } else {
             Err(AuthError::new(Reason::WrongAudience, "token is not for this resource"))
@@ -268,10 +269,11 @@ impl Authenticator {
     }
 
     fn check_scopes(&self, id: &Identity, ep: &Endpoint<'_>, extra: &[String]) -> Result<(), AuthError> {
-        let needed = self.needed_scopes(ep, extra);
-        if needed.iter().all(|s| id.has_scope(s)) {
+        let mut required = self.required_scopes.iter().chain(ep.scopes).chain(extra);
+        if required.all(|s| id.has_scope(s)) {
             return Ok(());
         }
+        let needed = self.needed_scopes(ep, extra);
         let mut e = AuthError::new(Reason::InsufficientScope, "token lacks a required scope");
         e.scope = Some(needed.join(" "));
         Err(e)

@@ -125,66 +125,34 @@ impl ServerCertVerifier for PinnedVerifier {
     }
 }
 
-/// A TLS client configuration validating the server against `ca` only, presenting `client`.
-pub fn ca_client_config(
-    ca: Vec<CertificateDer<'static>>,
-    client: Option<ClientIdentity>,
-) -> Result<rustls::ClientConfig, String> {
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    for c in ca {
-        roots.add(c).map_err(|e| format!("CA certificate: {e}"))?;
-    }
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(roots);
-    let mut config = match client {
-        Some((certs, key)) => builder
-            .with_client_auth_cert(certs, key)
-            .map_err(|e| format!("client certificate: {e}"))?,
-        None => builder.with_no_client_auth(),
-    };
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(config)
-}
+/// A client certificate and key the gateway presents to an upstream.
+pub type ClientIdentity = (Vec<CertificateDer<'static>>, rustls::pki_types::PrivateKeyDer<'static>);
 
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-/// A client certificate and key the gateway presents to an upstream.
-pub type ClientIdentity = (Vec<CertificateDer<'static>>, rustls::pki_types::PrivateKeyDer<'static>);
+/// Chain and host-name validation against the CAs in `ca` (and nothing else).
+fn ca_verifier(
+    ca: Vec<CertificateDer<'static>>,
+    provider: &Arc<CryptoProvider>,
+) -> Result<Arc<dyn ServerCertVerifier>, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in ca {
+        roots.add(c).map_err(|e| format!("CA certificate: {e}"))?;
+    }
+    let v = rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .build()
+        .map_err(|e| e.to_string())?;
+    Ok(v)
+}
 
-/// A TLS client configuration that accepts only pinned certificates (or keys). With
-/// `ca`, the chain and host name are validated against it as well; without, the pin
-/// alone identifies the server (an internal, self-signed server).
-pub fn pinned_client_config(
-    pins: Vec<Pin>,
-    kind: PinKind,
-    ca: Option<Vec<CertificateDer<'static>>>,
+/// A client configuration with `verifier`, presenting `client`, offering h2 and http/1.1.
+fn client_config(
+    verifier: Arc<dyn ServerCertVerifier>,
+    provider: Arc<CryptoProvider>,
     client: Option<ClientIdentity>,
 ) -> Result<rustls::ClientConfig, String> {
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let chain: Option<Arc<dyn ServerCertVerifier>> = match ca {
-        Some(certs) => {
-            let mut roots = rustls::RootCertStore::empty();
-            for c in certs {
-                roots.add(c).map_err(|e| format!("CA certificate: {e}"))?;
-            }
-            let v = rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-                .build()
-                .map_err(|e| e.to_string())?;
-            Some(v)
-        }
-        None => None,
-    };
-    let verifier = Arc::new(PinnedVerifier {
-        pins,
-        kind,
-        chain,
-        provider: provider.clone(),
-    });
     let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
@@ -198,6 +166,35 @@ pub fn pinned_client_config(
     };
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(config)
+}
+
+/// A TLS client configuration validating the server against `ca` only, presenting `client`.
+pub fn ca_client_config(
+    ca: Vec<CertificateDer<'static>>,
+    client: Option<ClientIdentity>,
+) -> Result<rustls::ClientConfig, String> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    client_config(ca_verifier(ca, &provider)?, provider, client)
+}
+
+/// A TLS client configuration that accepts only pinned certificates (or keys). With
+/// `ca`, the chain and host name are validated against it as well; without, the pin
+/// alone identifies the server (an internal, self-signed server).
+pub fn pinned_client_config(
+    pins: Vec<Pin>,
+    kind: PinKind,
+    ca: Option<Vec<CertificateDer<'static>>>,
+    client: Option<ClientIdentity>,
+) -> Result<rustls::ClientConfig, String> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let chain = ca.map(|c| ca_verifier(c, &provider)).transpose()?;
+    let verifier = Arc::new(PinnedVerifier {
+        pins,
+        kind,
+        chain,
+        provider: provider.clone(),
+    });
+    client_config(verifier, provider, client)
 }
 
 #[cfg(test)]
