@@ -31,6 +31,46 @@ pub struct Config {
     /// The admin listener (metrics, health), off unless configured.
     #[serde(default)]
     pub admin: Option<AdminConfig>,
+    /// Tool pinning and the poisoning scan.
+    #[serde(default)]
+    pub integrity: IntegrityConfig,
+}
+
+/// `[integrity]`: tool pins, rug-pull holds and the tool-poisoning scan (J2).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IntegrityConfig {
+    /// The embedded store for pins and approvals: an SQLite file (relative
+    /// paths are taken from the configuration file's folder), or `:memory:`
+    /// (pins are then forgotten at exit).
+    pub store: String,
+    /// Pinning mode for upstreams that do not set `pinning`.
+    pub default_pinning: PinMode,
+    /// How often the gateway looks for approvals made by `palisade tools`.
+    pub poll_interval_ms: u64,
+}
+
+impl Default for IntegrityConfig {
+    fn default() -> Self {
+        IntegrityConfig {
+            store: "palisade-state.db".into(),
+            default_pinning: PinMode::Tofu,
+            poll_interval_ms: 1000,
+        }
+    }
+}
+
+/// What happens to new and changed tools of an upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PinMode {
+    /// New and changed tools are held until an admin approves them.
+    Approve,
+    /// First sight pins; a change is held until approved. Tools with a
+    /// high-severity scan finding are held even on first sight.
+    Tofu,
+    /// No pinning (quarantine still applies).
+    Off,
 }
 
 /// `[admin]`: a separate listener for operators (`/metrics`, `/healthz`).
@@ -219,6 +259,9 @@ pub struct UpstreamConfig {
     /// Scopes, DPoP and step-up for this upstream's endpoint and tools.
     #[serde(default)]
     pub auth: EndpointAuth,
+    /// Tool pinning for this upstream (default: `integrity.default_pinning`).
+    #[serde(default)]
+    pub pinning: Option<PinMode>,
 }
 
 fn yes() -> bool {
@@ -433,6 +476,16 @@ impl Config {
 
     fn validate(&self, text: &str) -> Vec<ConfigError> {
         let mut errs = Vec::new();
+        if self.integrity.store.is_empty() {
+            errs.push(err_at(
+                "integrity.store",
+                None,
+                "must be a file path or \":memory:\"".into(),
+            ));
+        }
+        if self.integrity.poll_interval_ms == 0 {
+            errs.push(err_at("integrity.poll_interval_ms", None, "must be positive".into()));
+        }
         let s = &self.server;
         for v in &s.protocol_versions {
             if !matches!(v.as_str(), "2025-03-26" | "2025-06-18" | "2025-11-25" | "2026-07-28") {

@@ -358,6 +358,9 @@ pub async fn forward(
     };
     match result {
         Ok(mut resp) => {
+            if method == "tools/list" {
+                filter_list(&gw, &upstream, &mut resp).await;
+            }
             resp.id = Some(client_id);
             if sess.stateless {
                 ensure_result_type(&mut resp);
@@ -384,6 +387,43 @@ pub async fn forward(
                 crate::gateway::answer_upstream(&link, cancel_notice(gw_id));
             }
             stream.finish(&upstream_error(Some(client_id), &e));
+        }
+    }
+}
+
+/// Pins, scans and filters a `tools/list` answer from `upstream` in place.
+async fn filter_list(gw: &Gateway, upstream: &str, resp: &mut Message) {
+    let Some(mut result) = resp.result_as::<Map<String, Value>>() else {
+        return;
+    };
+    gw.integrity.filter_tools(upstream, &mut result).await;
+    resp.result = serde_json::value::to_raw_value(&result).ok();
+}
+
+/// Lists `upstream`'s tools through the session's link so that their pins
+/// are checked (a call for a tool the gateway has not seen, or after
+/// `notifications/tools/list_changed`). The answers go nowhere else.
+pub async fn relist_tools(gw: &Gateway, sess: &LiveSession, upstream: &str) {
+    let Some(link) = sess.links.get(upstream) else { return };
+    let timeout = gw
+        .upstreams
+        .get(upstream)
+        .map_or(std::time::Duration::from_secs(30), |h| h.timeout());
+    let mut cursor: Option<String> = None;
+    for _page in 0..50 {
+        let p = cursor.as_ref().map(|c| to_raw(&serde_json::json!({ "cursor": c })));
+        let msg = Message::request(Id::number(gw.next_id()), "tools/list", p);
+        let Ok((resp, _)) = call_link(link, &msg, timeout).await else {
+            tracing::warn!(upstream, "re-listing tools for a pin check failed");
+            return;
+        };
+        let Some(mut result) = resp.result_as::<Map<String, Value>>() else {
+            return;
+        };
+        gw.integrity.filter_tools(upstream, &mut result).await;
+        cursor = result.get("nextCursor").and_then(Value::as_str).map(str::to_owned);
+        if cursor.is_none() {
+            return;
         }
     }
 }
@@ -452,10 +492,13 @@ pub async fn fan_out(
                     break;
                 }
             };
-            let Some(result) = resp.result_as::<Map<String, Value>>() else {
+            let Some(mut result) = resp.result_as::<Map<String, Value>>() else {
                 tracing::debug!(upstream = %name, method, "upstream has no result for list (capability absent?)");
                 break;
             };
+            if key == "tools" {
+                gw.integrity.filter_tools(name, &mut result).await;
+            }
             if let Some(Value::Array(items)) = result.get(key) {
                 for item in items {
                     let mut item = item.clone();

@@ -100,6 +100,8 @@ pub struct Gateway {
     pub inflight: Mutex<HashMap<u64, Inflight>>,
     pub progress: Mutex<HashMap<String, ProgressRoute>>,
     pub server_requests: Mutex<HashMap<u64, ServerRequest>>,
+    /// Tool pins, holds and the poisoning scan.
+    pub integrity: Arc<crate::integrity::Integrity>,
 }
 
 /// Parameters the gateway itself sends when it initializes an upstream.
@@ -131,7 +133,12 @@ impl Gateway {
         sealer: SessionSealer,
         auth: Option<Arc<palisade_auth::Authenticator>>,
         mut creds: BTreeMap<String, palisade_upstream::http::UpstreamCredentials>,
+        integrity: Option<Arc<crate::integrity::Integrity>>,
     ) -> Result<Arc<Gateway>, String> {
+        let integrity = match integrity {
+            Some(i) => i,
+            None => crate::integrity::Integrity::in_memory(&config)?,
+        };
         let s = &config.server;
         let limits = Limits {
             max_bytes: s.max_body_bytes,
@@ -208,6 +215,7 @@ impl Gateway {
             inflight: Mutex::new(HashMap::new()),
             progress: Mutex::new(HashMap::new()),
             server_requests: Mutex::new(HashMap::new()),
+            integrity,
         });
         for (name, conn, events) in pending_stdio {
             spawn_stdio_dispatcher(Arc::downgrade(&gw), name, conn, events, None);
@@ -493,6 +501,10 @@ fn relay_notification(
             }
         }
         _ => {
+            if method == "notifications/tools/list_changed" {
+                // Never trust "nothing else changed": re-check pins before the next call.
+                gw.integrity.mark_stale(upstream);
+            }
             let bytes = Bytes::from(msg.to_bytes());
             if let Some(v) = via {
                 v.stream.push(bytes);

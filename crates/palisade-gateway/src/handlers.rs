@@ -512,7 +512,10 @@ async fn initialize(gw: Arc<Gateway>, route: Route, caller: Caller, msg: Message
             continue;
         };
         match connect(&gw, &h.kind, name, &sid, &client_params, version, &subject).await {
-            Ok((link, result)) => {
+            Ok((link, mut result)) => {
+                if let Some(o) = result.as_object_mut() {
+                    gw.integrity.filter_instructions(name, o).await;
+                }
                 if let (Route::Single(_), Link::Http { version: v, .. }) = (&route, &link) {
                     match ProtocolVersion::parse(v) {
                         Some(p) if gw.supports(p) && !p.is_stateless() => client_version = p,
@@ -708,6 +711,12 @@ pub async fn handle_request(gw: Arc<Gateway>, sess: Arc<LiveSession>, caller: &C
             if let Err(r) = crate::auth::check_tool(&gw, &sess, caller, &upstream, &tool) {
                 return r;
             }
+            if let Err(m) = check_integrity(&gw, &sess, &upstream, &tool).await {
+                return json_message(
+                    StatusCode::OK,
+                    &Message::error(Some(client_id), codes::INVALID_PARAMS, &m, None),
+                );
+            }
         }
         Ok(None) => {}
     }
@@ -770,6 +779,22 @@ pub async fn handle_request(gw: Arc<Gateway>, sess: Arc<LiveSession>, caller: &C
         None
     };
     respond_from_stream(&gw, &sess, stream, guard).await
+}
+
+/// Held, quarantined and never-listed tools are refused before anything is sent upstream.
+async fn check_integrity(gw: &Gateway, sess: &LiveSession, upstream: &str, tool: &str) -> Result<(), String> {
+    use crate::integrity::CallCheck;
+    match gw.integrity.check_call(upstream, tool) {
+        CallCheck::Allowed => return Ok(()),
+        CallCheck::Refused(m) => return Err(m),
+        CallCheck::Unknown => {}
+    }
+    crate::forward::relist_tools(gw, sess, upstream).await;
+    match gw.integrity.check_call(upstream, tool) {
+        CallCheck::Allowed => Ok(()),
+        CallCheck::Refused(m) => Err(m),
+        CallCheck::Unknown => Err(gw.integrity.refuse_unlisted(tool)),
+    }
 }
 
 /// Tracks `resources/subscribe` so updates from a shared process reach only subscribers.

@@ -14,6 +14,7 @@ pub mod forward;
 pub mod gateway;
 pub mod handlers;
 pub mod hygiene;
+pub mod integrity;
 pub mod server;
 pub mod session;
 pub mod sse;

@@ -302,7 +302,12 @@ async fn discover(gw: &Arc<Gateway>, route: &Route, caller: &Caller, msg: Messag
             );
         }
     };
-    let results: Vec<(String, Value)> = links.into_iter().map(|(n, (_, v))| (n, v)).collect();
+    let mut results: Vec<(String, Value)> = links.into_iter().map(|(n, (_, v))| (n, v)).collect();
+    for (name, result) in &mut results {
+        if let Some(o) = result.as_object_mut() {
+            gw.integrity.filter_instructions(name, o).await;
+        }
+    }
     let merged = match route {
         Route::Single(_) => results.first().map(|(_, v)| v.clone()).unwrap_or_default(),
         Route::Aggregate => merge_results(&results, None),

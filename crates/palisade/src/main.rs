@@ -5,6 +5,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
+mod scan_cmd;
+mod tools_cmd;
+
 use clap::{Parser, Subcommand};
 use palisade_config::{AuthMode, Config, SecretRef};
 use palisade_gateway::Gateway;
@@ -58,9 +61,112 @@ enum Command {
         #[command(subcommand)]
         command: SecretsCommand,
     },
+    /// Tool pins, holds, approvals and quarantine (the `integrity.store`).
+    Tools {
+        #[arg(long, short, env = "PALISADE_CONFIG", default_value = "palisade.toml", global = true)]
+        config: PathBuf,
+        #[command(subcommand)]
+        command: ToolsCommand,
+    },
+    /// Scan tool definitions for poisoning (hidden instructions, invisible text, ...).
+    Scan {
+        #[command(subcommand)]
+        command: ScanCommand,
+    },
     /// The bundled demo MCP server on stdio (what `palisade demo` launches).
     #[command(hide = true)]
     DemoServer,
+}
+
+#[derive(Subcommand)]
+enum ToolsCommand {
+    /// Every pinned item with its state (exit 1 when something is held).
+    List {
+        #[arg(long)]
+        server: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// What changed between the approved and the served version (exit 1 when they differ).
+    Diff {
+        /// SERVER/TOOL, or SERVER with --instructions.
+        target: String,
+        #[arg(long)]
+        instructions: bool,
+    },
+    /// Print a stored version (default: the latest served).
+    Show {
+        target: String,
+        #[arg(long)]
+        instructions: bool,
+        #[arg(long)]
+        digest: Option<String>,
+    },
+    /// Approvals, auto-pins and rollbacks of one item.
+    History {
+        target: String,
+        #[arg(long)]
+        instructions: bool,
+    },
+    /// Approve the served version of SERVER/TOOL, or with --all every held item (of SERVER if given).
+    Approve {
+        target: Option<String>,
+        #[arg(long)]
+        all: bool,
+        #[arg(long)]
+        instructions: bool,
+        /// Approve this stored version instead of the latest served.
+        #[arg(long)]
+        digest: Option<String>,
+        /// Required for versions whose scan found high-severity issues.
+        #[arg(long)]
+        acknowledge_findings: bool,
+        /// Recorded as the approver (default: $USER@host).
+        #[arg(long)]
+        by: Option<String>,
+    },
+    /// Hold SERVER/TOOL, or every tool of SERVER, until released.
+    Quarantine {
+        target: String,
+        #[arg(long, default_value = "")]
+        reason: String,
+        #[arg(long)]
+        by: Option<String>,
+    },
+    /// Lift a quarantine.
+    Release {
+        target: String,
+        #[arg(long)]
+        by: Option<String>,
+    },
+    /// Make a previously approved version the approved one again.
+    Rollback {
+        target: String,
+        #[arg(long)]
+        instructions: bool,
+        /// The version to return to (default: the one approved before the current).
+        #[arg(long)]
+        to: Option<String>,
+        #[arg(long)]
+        by: Option<String>,
+    },
+    /// Inventory of servers, tools, pins, approvals and quarantines as JSON.
+    Export,
+}
+
+#[derive(Subcommand)]
+enum ScanCommand {
+    /// Scan a `tools/list` result, an array of tools, or JSON lines of `{"id", "tool"}`.
+    /// Exit 0 clean, 1 flagged, 2 bad input.
+    Tools {
+        /// Input file, or `-` for standard input.
+        file: PathBuf,
+        #[arg(long, default_value = "text", value_parser = ["text", "json", "jsonl", "sarif"])]
+        format: String,
+        /// Also report the same or look-alike tool names on different `server`s.
+        #[arg(long)]
+        cross_server: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -193,6 +299,7 @@ fn main() -> ExitCode {
         },
         Command::Serve { config } => {
             init_logging(&cli.log_format);
+            let config_path = config.clone();
             let config = match Config::load(&config) {
                 Ok(c) => c,
                 Err(errs) => {
@@ -203,6 +310,8 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
+            let mut config = config;
+            tools_cmd::resolve_store(&mut config, &config_path);
             runtime.block_on(run(config, None))
         }
         Command::Token { command } => token_command(command),
@@ -210,6 +319,15 @@ fn main() -> ExitCode {
             command: TlsCommand::Check { config },
         } => tls_check(&config),
         Command::Secrets { command } => runtime.block_on(secrets_command(command)),
+        Command::Tools { config, command } => tools_cmd::run(&config, tools_action(command)),
+        Command::Scan {
+            command:
+                ScanCommand::Tools {
+                    file,
+                    format,
+                    cross_server,
+                },
+        } => scan_cmd::scan_tools(&file, &format, cross_server),
         Command::Demo { port } => {
             init_logging(&cli.log_format);
             let exe = match std::env::current_exe() {
@@ -233,6 +351,53 @@ fn main() -> ExitCode {
 }
 
 /// Where the demo keeps its development signing key (per user, outside the repository).
+fn tools_action(c: ToolsCommand) -> tools_cmd::Action {
+    use tools_cmd::Action;
+    match c {
+        ToolsCommand::List { server, json } => Action::List { server, json },
+        ToolsCommand::Diff { target, instructions } => Action::Diff { target, instructions },
+        ToolsCommand::Show {
+            target,
+            instructions,
+            digest,
+        } => Action::Show {
+            target,
+            instructions,
+            digest,
+        },
+        ToolsCommand::History { target, instructions } => Action::History { target, instructions },
+        ToolsCommand::Approve {
+            target,
+            all,
+            instructions,
+            digest,
+            acknowledge_findings,
+            by,
+        } => Action::Approve {
+            target,
+            all,
+            instructions,
+            digest,
+            acknowledge: acknowledge_findings,
+            by,
+        },
+        ToolsCommand::Quarantine { target, reason, by } => Action::Quarantine { target, reason, by },
+        ToolsCommand::Release { target, by } => Action::Release { target, by },
+        ToolsCommand::Rollback {
+            target,
+            instructions,
+            to,
+            by,
+        } => Action::Rollback {
+            target,
+            instructions,
+            to,
+            by,
+        },
+        ToolsCommand::Export => Action::Export,
+    }
+}
+
 fn demo_key_file() -> PathBuf {
     let user: String = std::env::var("USER")
         .unwrap_or_default()
@@ -254,10 +419,14 @@ fn toml_str(s: &str) -> String {
 fn demo_config(exe: &std::path::Path, port: u16) -> String {
     let exe = toml_str(&exe.display().to_string());
     let key = toml_str(&demo_key_file().display().to_string());
+    let store = toml_str(&demo_key_file().with_file_name("state.db").display().to_string());
     format!(
         r#"
 [server]
 listen = "127.0.0.1:{port}"
+
+[integrity]
+store = "{store}"
 
 [auth]
 mode = "oauth"
@@ -351,7 +520,17 @@ async fn run(config: Config, demo: Option<()>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let gw: Arc<Gateway> = match Gateway::new(config, sealer, auth, creds) {
+    let integrity = match tools_cmd::open_store(&config)
+        .and_then(|store| palisade_gateway::integrity::Integrity::new(store, &config))
+    {
+        Ok(i) => i,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    integrity.spawn_poller(std::time::Duration::from_millis(config.integrity.poll_interval_ms));
+    let gw: Arc<Gateway> = match Gateway::new(config, sealer, auth, creds, Some(integrity)) {
         Ok(g) => g,
         Err(e) => {
             eprintln!("error: {e}");

@@ -1,0 +1,424 @@
+//! Tool integrity on the wire (J2): every `tools/list` answer is pinned and
+//! scanned before a client sees it; held and quarantined tools are removed
+//! from the list and refused in `tools/call`. Server instructions are pinned
+//! the same way and withheld while held.
+//!
+//! The hot path reads an in-memory snapshot of approvals; the store (SQLite)
+//! is written only when a tool is new or changed, on the blocking pool. A
+//! poller reloads the snapshot when another process (the `palisade tools`
+//! commands) commits an approval or a quarantine.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use palisade_config::{Config, PinMode};
+use palisade_pins::{Digest, ItemKind, Mode, Observation, PinStore, Snapshot, State, pin_tool};
+use palisade_scan::{Report, scan_instructions, scan_tool};
+use prometheus_client::metrics::counter::Counter;
+use serde_json::{Map, Value};
+
+/// Scan results kept by digest (a tool that does not change is scanned once).
+const SCAN_CACHE: usize = 10_000;
+
+/// The latest version of a tool the gateway has seen on an upstream.
+#[derive(Debug, Clone, Copy)]
+struct Seen {
+    digest: Digest,
+    high_risk: bool,
+}
+
+/// The answer for one `tools/call`.
+#[derive(Debug, PartialEq, Eq)]
+pub enum CallCheck {
+    Allowed,
+    /// Refused, with the message for the client.
+    Refused(String),
+    /// Never listed (or the server said its list changed): list first.
+    Unknown,
+}
+
+/// Tool pins, holds and scans for every upstream.
+pub struct Integrity {
+    store: Arc<PinStore>,
+    snapshot: RwLock<Arc<Snapshot>>,
+    seen: Mutex<HashMap<(String, String), Seen>>,
+    scans: Mutex<HashMap<Digest, (bool, Value)>>,
+    stale: Mutex<HashSet<String>>,
+    version: AtomicI64,
+    default_mode: Mode,
+    modes: HashMap<String, Mode>,
+    /// Items newly held (alerts raised).
+    pub holds: Counter,
+    /// Calls refused because the tool is held, quarantined or unknown.
+    pub refused_calls: Counter,
+}
+
+impl std::fmt::Debug for Integrity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Integrity").finish_non_exhaustive()
+    }
+}
+
+fn mode_of(m: PinMode) -> Mode {
+    match m {
+        PinMode::Approve => Mode::Approve,
+        PinMode::Tofu => Mode::Tofu,
+        PinMode::Off => Mode::Off,
+    }
+}
+
+fn now_unix() -> i64 {
+    palisade_session::unix(std::time::SystemTime::now()) as i64
+}
+
+impl Integrity {
+    /// Wraps an opened store with the configured modes.
+    pub fn new(store: PinStore, config: &Config) -> Result<Arc<Self>, String> {
+        let snapshot = store.snapshot().map_err(|e| format!("pin store: {e}"))?;
+        let version = store.data_version().map_err(|e| format!("pin store: {e}"))?;
+        let modes = config
+            .upstreams
+            .iter()
+            .map(|(n, u)| {
+                let m = u.get_ref().pinning.unwrap_or(config.integrity.default_pinning);
+                (n.clone(), mode_of(m))
+            })
+            .collect();
+        Ok(Arc::new(Integrity {
+            store: Arc::new(store),
+            snapshot: RwLock::new(Arc::new(snapshot)),
+            seen: Mutex::new(HashMap::new()),
+            scans: Mutex::new(HashMap::new()),
+            stale: Mutex::new(HashSet::new()),
+            version: AtomicI64::new(version),
+            default_mode: mode_of(config.integrity.default_pinning),
+            modes,
+            holds: Counter::default(),
+            refused_calls: Counter::default(),
+        }))
+    }
+
+    /// An in-memory store (pins last as long as the process).
+    pub fn in_memory(config: &Config) -> Result<Arc<Self>, String> {
+        Integrity::new(PinStore::in_memory().map_err(|e| e.to_string())?, config)
+    }
+
+    fn mode(&self, upstream: &str) -> Mode {
+        self.modes.get(upstream).copied().unwrap_or(self.default_mode)
+    }
+
+    fn snapshot(&self) -> Arc<Snapshot> {
+        match self.snapshot.read() {
+            Ok(s) => s.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    async fn reload(&self) {
+        let store = self.store.clone();
+        match tokio::task::spawn_blocking(move || store.snapshot()).await {
+            Ok(Ok(s)) => {
+                if let Ok(mut w) = self.snapshot.write() {
+                    *w = Arc::new(s);
+                }
+            }
+            Ok(Err(e)) => tracing::error!(error = %e, "pin store: cannot reload approvals"),
+            Err(e) => tracing::error!(error = %e, "pin store: reload task failed"),
+        }
+    }
+
+    /// Reloads approvals whenever another process has written the store.
+    pub fn spawn_poller(self: &Arc<Self>, every: Duration) {
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(me) = weak.upgrade() else { return };
+                let store = me.store.clone();
+                let v = tokio::task::spawn_blocking(move || store.data_version()).await;
+                if let Ok(Ok(v)) = v
+                    && me.version.swap(v, Ordering::AcqRel) != v
+                {
+                    me.reload().await;
+                    tracing::info!(target: "palisade::audit", event = "pins.reloaded", "tool approvals reloaded from the store");
+                }
+            }
+        });
+    }
+
+    /// The server said its tool list changed: re-list before the next call.
+    pub fn mark_stale(&self, upstream: &str) {
+        if let Ok(mut s) = self.stale.lock() {
+            s.insert(upstream.to_owned());
+        }
+    }
+
+    /// Whether `tools/call` of `tool` on `upstream` may go through.
+    pub fn check_call(&self, upstream: &str, tool: &str) -> CallCheck {
+        let mode = self.mode(upstream);
+        let snap = self.snapshot();
+        if snap.is_quarantined(upstream, Some(tool)) {
+            self.refused_calls.inc();
+            return CallCheck::Refused(refusal(tool, State::Quarantined));
+        }
+        if mode == Mode::Off {
+            return CallCheck::Allowed;
+        }
+        if self.stale.lock().map(|s| s.contains(upstream)).unwrap_or(true) {
+            return CallCheck::Unknown;
+        }
+        let seen = self
+            .seen
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&(upstream.to_owned(), tool.to_owned())).copied());
+        let Some(seen) = seen else {
+            return CallCheck::Unknown;
+        };
+        match snap.evaluate(mode, upstream, ItemKind::Tool, tool, &seen.digest, seen.high_risk) {
+            s if s.is_allowed() => CallCheck::Allowed,
+            s => {
+                self.refused_calls.inc();
+                CallCheck::Refused(refusal(tool, s))
+            }
+        }
+    }
+
+    /// A call for a tool the server never listed, after re-listing.
+    pub fn refuse_unlisted(&self, tool: &str) -> String {
+        self.refused_calls.inc();
+        format!("tool {tool:?} is not available (not in the server's reviewed tool list)")
+    }
+
+    fn scan(&self, tool: &Value, digest: &Digest) -> (bool, Value) {
+        if let Some(hit) = self.scans.lock().ok().and_then(|m| m.get(digest).cloned()) {
+            return hit;
+        }
+        let report = scan_tool(tool);
+        let out = (report.high_risk(), findings_json(&report));
+        if let Ok(mut m) = self.scans.lock() {
+            if m.len() >= SCAN_CACHE {
+                m.clear();
+            }
+            m.insert(*digest, out.clone());
+        }
+        out
+    }
+
+    /// Pins, scans and filters the `tools` of one upstream's `tools/list` result.
+    pub async fn filter_tools(&self, upstream: &str, result: &mut Map<String, Value>) {
+        let mode = self.mode(upstream);
+        if let Ok(mut s) = self.stale.lock() {
+            s.remove(upstream);
+        }
+        let Some(Value::Array(tools)) = result.remove("tools") else {
+            return;
+        };
+        let mut kept = Vec::with_capacity(tools.len());
+        let mut fresh: Vec<(usize, Observation)> = Vec::new();
+        let mut items: Vec<(Value, Option<State>)> = Vec::with_capacity(tools.len());
+        let snap = self.snapshot();
+        for tool in tools {
+            let Some(name) = tool.get("name").and_then(Value::as_str).map(str::to_owned) else {
+                tracing::warn!(upstream, "tool without a string name withheld");
+                continue;
+            };
+            if mode == Mode::Off {
+                let state = if snap.is_quarantined(upstream, Some(&name)) {
+                    State::Quarantined
+                } else {
+                    State::Unpinned
+                };
+                items.push((tool, Some(state)));
+                continue;
+            }
+            let digest = pin_tool(&tool);
+            let key = (upstream.to_owned(), name.clone());
+            let known = self.seen.lock().ok().and_then(|m| m.get(&key).copied());
+            match known {
+                Some(s) if s.digest == digest => {
+                    let state = snap.evaluate(mode, upstream, ItemKind::Tool, &name, &digest, s.high_risk);
+                    items.push((tool, Some(state)));
+                }
+                _ => {
+                    let (high_risk, findings) = self.scan(&tool, &digest);
+                    match Observation::tool(upstream, &tool, findings, high_risk) {
+                        Some(obs) => {
+                            fresh.push((items.len(), obs));
+                            items.push((tool, None));
+                        }
+                        None => tracing::warn!(upstream, "tool could not be pinned; withheld"),
+                    }
+                }
+            }
+        }
+        if !fresh.is_empty() {
+            let decided = self.observe(mode, fresh.iter().map(|(_, o)| o.clone()).collect()).await;
+            let mut any_pinned = false;
+            for ((i, obs), state) in fresh.iter().zip(decided) {
+                if let Ok(mut m) = self.seen.lock() {
+                    m.insert(
+                        (obs.upstream.clone(), obs.name.clone()),
+                        Seen {
+                            digest: obs.digest,
+                            high_risk: obs.high_risk,
+                        },
+                    );
+                }
+                any_pinned |= state.1;
+                if let Some(slot) = items.get_mut(*i) {
+                    slot.1 = Some(state.0);
+                }
+            }
+            if any_pinned {
+                self.reload().await;
+            }
+        }
+        for (tool, state) in items {
+            match state {
+                Some(s) if s.is_allowed() => kept.push(tool),
+                Some(s) => tracing::debug!(upstream, state = s.as_str(), "tool withheld from tools/list"),
+                None => {}
+            }
+        }
+        result.insert("tools".into(), Value::Array(kept));
+    }
+
+    /// Records observations on the blocking pool; audits each new hold with
+    /// its diff. Returns (state, auto-pinned) per observation; a store error
+    /// holds the item (fail closed).
+    async fn observe(&self, mode: Mode, batch: Vec<Observation>) -> Vec<(State, bool)> {
+        let store = self.store.clone();
+        let n = batch.len();
+        let now = now_unix();
+        let out = tokio::task::spawn_blocking(move || {
+            batch
+                .iter()
+                .map(|obs| match store.observe(mode, obs, now) {
+                    Ok(d) => {
+                        let diff = if d.newly_held {
+                            store.diff(&obs.upstream, obs.kind, &obs.name).ok().flatten()
+                        } else {
+                            None
+                        };
+                        Ok((d, diff, obs.clone()))
+                    }
+                    Err(e) => Err((e.to_string(), obs.clone())),
+                })
+                .collect::<Vec<_>>()
+        })
+        .await;
+        let Ok(results) = out else {
+            tracing::error!("pin store task failed; items held");
+            return vec![(State::HeldNew, false); n];
+        };
+        results
+            .into_iter()
+            .map(|r| match r {
+                Ok((d, diff, obs)) => {
+                    if d.newly_held {
+                        self.holds.inc();
+                        audit_hold(&obs, d.state, d.approved.as_ref(), diff.as_deref());
+                    } else if d.auto_pinned {
+                        tracing::info!(
+                            target: "palisade::audit",
+                            event = "tool.pinned",
+                            upstream = %obs.upstream,
+                            kind = obs.kind.as_str(),
+                            tool = %obs.name,
+                            digest = %d.digest,
+                            "first sight: pinned"
+                        );
+                    }
+                    (d.state, d.auto_pinned)
+                }
+                Err((e, obs)) => {
+                    tracing::error!(upstream = %obs.upstream, tool = %obs.name, error = %e, "pin store error; item held");
+                    (State::HeldNew, false)
+                }
+            })
+            .collect()
+    }
+
+    /// Pins `instructions` of an `initialize` result; removes them while held.
+    pub async fn filter_instructions(&self, upstream: &str, result: &mut Map<String, Value>) {
+        let mode = self.mode(upstream);
+        let Some(Value::String(text)) = result.get("instructions") else {
+            return;
+        };
+        let snap = self.snapshot();
+        if mode == Mode::Off {
+            if snap.is_quarantined(upstream, None) {
+                result.remove("instructions");
+            }
+            return;
+        }
+        let report = scan_instructions(text);
+        let obs = Observation::instructions(upstream, text, findings_json(&report), report.high_risk());
+        let state = snap.evaluate(mode, upstream, ItemKind::Instructions, "", &obs.digest, obs.high_risk);
+        let approved_now =
+            state.is_allowed() && snap.approved(upstream, ItemKind::Instructions, "") == Some(obs.digest);
+        if approved_now {
+            return;
+        }
+        let decided = self.observe(mode, vec![obs]).await;
+        let (state, pinned) = decided.first().copied().unwrap_or((State::HeldNew, false));
+        if pinned {
+            self.reload().await;
+        }
+        if !state.is_allowed() {
+            tracing::warn!(upstream, state = state.as_str(), "server instructions withheld");
+            result.remove("instructions");
+        }
+    }
+}
+
+fn findings_json(report: &Report) -> Value {
+    serde_json::to_value(&report.findings).unwrap_or(Value::Array(Vec::new()))
+}
+
+fn refusal(tool: &str, state: State) -> String {
+    format!("tool {tool:?} is unavailable: {}", state.reason())
+}
+
+/// The hold alert: what, why, and a readable diff against the approved version.
+fn audit_hold(obs: &Observation, state: State, approved: Option<&Digest>, diff: Option<&str>) {
+    let findings: Vec<String> = obs
+        .findings
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|f| {
+                    Some(format!(
+                        "{} ({})",
+                        f.get("rule")?.as_str()?,
+                        f.get("severity")?.as_str()?
+                    ))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    tracing::warn!(
+        target: "palisade::audit",
+        event = "tool.held",
+        upstream = %obs.upstream,
+        kind = obs.kind.as_str(),
+        tool = %obs.name,
+        state = state.as_str(),
+        digest = %obs.digest,
+        approved = approved.map(ToString::to_string).unwrap_or_default(),
+        findings = %findings.join(", "),
+        diff = diff.unwrap_or(""),
+        "ALERT: {} on {} held: {}",
+        match obs.kind {
+            ItemKind::Tool => format!("tool {:?}", obs.name),
+            ItemKind::Instructions => "server instructions".to_owned(),
+        },
+        obs.upstream,
+        state.reason()
+    );
+}
