@@ -35,7 +35,7 @@ impl Severity {
     fn weight(self) -> f64 {
         match self {
             Severity::Low => 0.1,
-            Severity::Medium => 0.45,
+            Severity::Medium => 0.46,
             Severity::High => 0.8,
             Severity::Critical => 0.95,
         }
