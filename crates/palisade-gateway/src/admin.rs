@@ -48,6 +48,16 @@ impl Admin {
         );
         let sessions = Gauge::default();
         registry.register("sessions", "Live MCP sessions held by this process", sessions.clone());
+        registry.register(
+            "tool_holds",
+            "Tool versions and server instructions newly held (changed, unapproved or flagged)",
+            gw.integrity.holds.clone(),
+        );
+        registry.register(
+            "tool_calls_refused",
+            "tools/call refused because the tool is held, quarantined or not listed",
+            gw.integrity.refused_calls.clone(),
+        );
         Admin {
             gw,
             tls,

@@ -33,12 +33,23 @@ impl Counts {
         self.suspicious += o.suspicious;
     }
     fn print(&self, name: &str) {
-        let p = self.tp as f64 / (self.tp + self.fp).max(1) as f64;
-        let r = self.tp as f64 / (self.tp + self.fn_).max(1) as f64;
-        let fpr = self.fp as f64 / (self.fp + self.tn).max(1) as f64;
+        let ratio = |a: usize, b: usize| {
+            if b == 0 {
+                "-".to_owned()
+            } else {
+                format!("{:.3}", a as f64 / b as f64)
+            }
+        };
         println!(
-            "{name:<34} {:>4} {:>4} {:>4} {:>4} {:>10} {:>9.3} {:>6.3} {:>6.3}",
-            self.tp, self.fp, self.tn, self.fn_, self.suspicious, p, r, fpr
+            "{name:<34} {:>4} {:>4} {:>4} {:>4} {:>11} {:>9} {:>6} {:>6}",
+            self.tp,
+            self.fp,
+            self.tn,
+            self.fn_,
+            self.suspicious,
+            ratio(self.tp, self.tp + self.fp),
+            ratio(self.tp, self.tp + self.fn_),
+            ratio(self.fp, self.fp + self.tn)
         );
     }
 }
@@ -49,7 +60,7 @@ fn main() {
     let mut tools: Vec<Value> = Vec::new();
     println!("verdict 'malicious' counts as flagged; 'suspicious' benign rows are listed separately");
     println!(
-        "{:<34} {:>4} {:>4} {:>4} {:>4} {:>10} {:>9} {:>6} {:>6}",
+        "{:<34} {:>4} {:>4} {:>4} {:>4} {:>11} {:>9} {:>6} {:>6}",
         "file", "TP", "FP", "TN", "FN", "susp.benign", "precision", "recall", "FPR"
     );
     for f in FILES {
