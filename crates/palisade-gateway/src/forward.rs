@@ -310,6 +310,8 @@ pub async fn forward(
     msg.id = Some(gw_msg_id.clone());
     let timeout = handle.timeout();
     let method = msg.method().to_owned();
+    // A first-page tools/list that comes back without nextCursor is the whole list.
+    let listing = (method == "tools/list").then(|| (gw.integrity.listing_started(), !has_cursor(&msg)));
     let result = match &link {
         Link::Stdio { conn, .. } => conn.request(msg, timeout).await,
         Link::Http {
@@ -358,8 +360,8 @@ pub async fn forward(
     };
     match result {
         Ok(mut resp) => {
-            if method == "tools/list" {
-                filter_list(&gw, &upstream, &mut resp).await;
+            if let Some((started, first_page)) = listing {
+                filter_list(&gw, &upstream, &mut resp, first_page.then_some(started)).await;
             }
             resp.id = Some(client_id);
             if sess.stateless {
@@ -391,13 +393,52 @@ pub async fn forward(
     }
 }
 
+/// Whether a request carries a (non-null) `params.cursor`.
+fn has_cursor(msg: &Message) -> bool {
+    msg.params_as::<Map<String, Value>>()
+        .is_some_and(|p| p.get("cursor").is_some_and(|c| !c.is_null()))
+}
+
+/// The `nextCursor` of a list result: `Ok(None)` on the last page, `Err` if
+/// it is neither absent, null nor a string.
+fn next_cursor(result: &Map<String, Value>) -> Result<Option<String>, ()> {
+    match result.get("nextCursor") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(c)) => Ok(Some(c.clone())),
+        Some(_) => Err(()),
+    }
+}
+
 /// Pins, scans and filters a `tools/list` answer from `upstream` in place.
-async fn filter_list(gw: &Gateway, upstream: &str, resp: &mut Message) {
-    let Some(mut result) = resp.result_as::<Map<String, Value>>() else {
+/// A result the gateway cannot read (not an object, nested deeper than the
+/// JSON reader allows) becomes an error: a client's reader might see tools in
+/// it. `first_page`: the listing ticket of a request without a cursor.
+async fn filter_list(gw: &Gateway, upstream: &str, resp: &mut Message, first_page: Option<u64>) {
+    if resp.result.is_none() {
         return;
+    }
+    let checked = match resp.result_as::<Map<String, Value>>() {
+        Some(mut result) => {
+            let checked = gw.integrity.filter_tools(upstream, &mut result).await;
+            if let (true, Some(started), Ok(None)) = (checked, first_page, next_cursor(&result)) {
+                gw.integrity.listed_all(upstream, started);
+            }
+            serde_json::value::to_raw_value(&result).ok()
+        }
+        None => None,
     };
-    gw.integrity.filter_tools(upstream, &mut result).await;
-    resp.result = serde_json::value::to_raw_value(&result).ok();
+    match checked {
+        Some(raw) => resp.result = Some(raw),
+        None => {
+            tracing::warn!(upstream, "tools/list result could not be read; refused");
+            *resp = Message::error(
+                resp.id.clone(),
+                codes::UPSTREAM_UNAVAILABLE,
+                "the server's tool list could not be checked",
+                None,
+            );
+        }
+    }
 }
 
 /// Lists `upstream`'s tools through the session's link so that their pins
@@ -409,6 +450,7 @@ pub async fn relist_tools(gw: &Gateway, sess: &LiveSession, upstream: &str) {
         .upstreams
         .get(upstream)
         .map_or(std::time::Duration::from_secs(30), |h| h.timeout());
+    let started = gw.integrity.listing_started();
     let mut cursor: Option<String> = None;
     for _page in 0..50 {
         let p = cursor.as_ref().map(|c| to_raw(&serde_json::json!({ "cursor": c })));
@@ -420,10 +462,16 @@ pub async fn relist_tools(gw: &Gateway, sess: &LiveSession, upstream: &str) {
         let Some(mut result) = resp.result_as::<Map<String, Value>>() else {
             return;
         };
-        gw.integrity.filter_tools(upstream, &mut result).await;
-        cursor = result.get("nextCursor").and_then(Value::as_str).map(str::to_owned);
-        if cursor.is_none() {
+        if !gw.integrity.filter_tools(upstream, &mut result).await {
             return;
+        }
+        match next_cursor(&result) {
+            Ok(Some(c)) => cursor = Some(c),
+            Ok(None) => {
+                gw.integrity.listed_all(upstream, started);
+                return;
+            }
+            Err(()) => return,
         }
     }
 }
@@ -481,6 +529,8 @@ pub async fn fan_out(
             }
             continue;
         }
+        let started = gw.integrity.listing_started();
+        let mut checked_all = true;
         let mut cursor: Option<String> = None;
         for _page in 0..50 {
             let p = cursor.as_ref().map(|c| to_raw(&serde_json::json!({ "cursor": c })));
@@ -497,7 +547,7 @@ pub async fn fan_out(
                 break;
             };
             if key == "tools" {
-                gw.integrity.filter_tools(name, &mut result).await;
+                checked_all &= gw.integrity.filter_tools(name, &mut result).await;
             }
             if let Some(Value::Array(items)) = result.get(key) {
                 for item in items {
@@ -529,6 +579,9 @@ pub async fn fan_out(
             }
             cursor = result.get("nextCursor").and_then(Value::as_str).map(str::to_owned);
             if cursor.is_none() {
+                if key == "tools" && checked_all && next_cursor(&result) == Ok(None) {
+                    gw.integrity.listed_all(name, started);
+                }
                 break;
             }
         }

@@ -10,7 +10,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
 use palisade_config::{Config, PinMode};
@@ -21,6 +21,13 @@ use serde_json::{Map, Value};
 
 /// Scan results kept by digest (a tool that does not change is scanned once).
 const SCAN_CACHE: usize = 10_000;
+
+/// Latest versions remembered, all upstreams together. A server that names ever
+/// more tools loses its own entries first; a forgotten tool is re-listed before a call.
+const SEEN_CAP: usize = 100_000;
+
+/// Poller version meaning "reload on the next tick" (the last reload failed).
+const RELOAD_AGAIN: i64 = i64::MIN;
 
 /// The latest version of a tool the gateway has seen on an upstream.
 #[derive(Debug, Clone, Copy)]
@@ -39,13 +46,25 @@ pub enum CallCheck {
     Unknown,
 }
 
+/// Upstreams whose tool list changed since they were last listed in full.
+#[derive(Debug, Default)]
+struct Stale {
+    /// Counts `list_changed` notices; a listing remembers the count it started at.
+    notices: u64,
+    /// Upstream → the count of its latest notice.
+    upstreams: HashMap<String, u64>,
+}
+
 /// Tool pins, holds and scans for every upstream.
 pub struct Integrity {
     store: Arc<PinStore>,
-    snapshot: RwLock<Arc<Snapshot>>,
+    /// The approvals in force, with the order in which they were read from the store.
+    snapshot: RwLock<(u64, Arc<Snapshot>)>,
+    /// Counts snapshot reads; held while reading, so the count orders them.
+    reads: Arc<Mutex<u64>>,
     seen: Mutex<HashMap<(String, String), Seen>>,
     scans: Mutex<HashMap<Digest, (bool, Value)>>,
-    stale: Mutex<HashSet<String>>,
+    stale: Mutex<Stale>,
     version: AtomicI64,
     default_mode: Mode,
     modes: HashMap<String, Mode>,
@@ -76,8 +95,9 @@ fn now_unix() -> i64 {
 impl Integrity {
     /// Wraps an opened store with the configured modes.
     pub fn new(store: PinStore, config: &Config) -> Result<Arc<Self>, String> {
-        let snapshot = store.snapshot().map_err(|e| format!("pin store: {e}"))?;
+        // The version first: a write landing between the two is reloaded by the poller.
         let version = store.data_version().map_err(|e| format!("pin store: {e}"))?;
+        let snapshot = store.snapshot().map_err(|e| format!("pin store: {e}"))?;
         let modes = config
             .upstreams
             .iter()
@@ -88,10 +108,11 @@ impl Integrity {
             .collect();
         Ok(Arc::new(Integrity {
             store: Arc::new(store),
-            snapshot: RwLock::new(Arc::new(snapshot)),
+            snapshot: RwLock::new((0, Arc::new(snapshot))),
+            reads: Arc::new(Mutex::new(0)),
             seen: Mutex::new(HashMap::new()),
             scans: Mutex::new(HashMap::new()),
-            stale: Mutex::new(HashSet::new()),
+            stale: Mutex::new(Stale::default()),
             version: AtomicI64::new(version),
             default_mode: mode_of(config.integrity.default_pinning),
             modes,
@@ -110,22 +131,42 @@ impl Integrity {
     }
 
     fn snapshot(&self) -> Arc<Snapshot> {
-        match self.snapshot.read() {
-            Ok(s) => s.clone(),
-            Err(p) => p.into_inner().clone(),
+        self.snapshot.read().unwrap_or_else(PoisonError::into_inner).1.clone()
+    }
+
+    /// Installs the snapshot read `order`-th, unless a later read is already in
+    /// force (two reloads may finish out of order; the older would undo a quarantine).
+    fn install(&self, order: u64, snap: Snapshot) {
+        let mut w = self.snapshot.write().unwrap_or_else(PoisonError::into_inner);
+        if order > w.0 {
+            *w = (order, Arc::new(snap));
         }
     }
 
-    async fn reload(&self) {
+    /// Rereads approvals and quarantines; false if the store could not be read.
+    async fn reload(&self) -> bool {
         let store = self.store.clone();
-        match tokio::task::spawn_blocking(move || store.snapshot()).await {
-            Ok(Ok(s)) => {
-                if let Ok(mut w) = self.snapshot.write() {
-                    *w = Arc::new(s);
-                }
+        let reads = self.reads.clone();
+        let read = tokio::task::spawn_blocking(move || {
+            let mut n = reads.lock().unwrap_or_else(PoisonError::into_inner);
+            let snap = store.snapshot()?;
+            *n += 1;
+            Ok::<_, palisade_pins::PinError>((*n, snap))
+        })
+        .await;
+        match read {
+            Ok(Ok((order, snap))) => {
+                self.install(order, snap);
+                true
             }
-            Ok(Err(e)) => tracing::error!(error = %e, "pin store: cannot reload approvals"),
-            Err(e) => tracing::error!(error = %e, "pin store: reload task failed"),
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "pin store: cannot reload approvals");
+                false
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "pin store: reload task failed");
+                false
+            }
         }
     }
 
@@ -143,8 +184,13 @@ impl Integrity {
                 if let Ok(Ok(v)) = v
                     && me.version.swap(v, Ordering::AcqRel) != v
                 {
-                    me.reload().await;
-                    tracing::info!(target: "palisade::audit", event = "pins.reloaded", "tool approvals reloaded from the store");
+                    if me.reload().await {
+                        tracing::info!(target: "palisade::audit", event = "pins.reloaded", "tool approvals reloaded from the store");
+                    } else {
+                        // Not reloaded: try again next tick, or an approval or a
+                        // quarantine would wait for the store's next write.
+                        me.version.store(RELOAD_AGAIN, Ordering::Release);
+                    }
                 }
             }
         });
@@ -152,9 +198,43 @@ impl Integrity {
 
     /// The server said its tool list changed: re-list before the next call.
     pub fn mark_stale(&self, upstream: &str) {
-        if let Ok(mut s) = self.stale.lock() {
-            s.insert(upstream.to_owned());
+        let mut s = self.stale.lock().unwrap_or_else(PoisonError::into_inner);
+        s.notices += 1;
+        let n = s.notices;
+        s.upstreams.insert(upstream.to_owned(), n);
+    }
+
+    /// Taken before a `tools/list` is sent; give it to [`Self::listed_all`].
+    pub fn listing_started(&self) -> u64 {
+        self.stale.lock().unwrap_or_else(PoisonError::into_inner).notices
+    }
+
+    /// Every page of `upstream`'s list, from a request sent after `started`, went
+    /// through [`Self::filter_tools`]: a change announced before then has been checked.
+    pub fn listed_all(&self, upstream: &str, started: u64) {
+        let mut s = self.stale.lock().unwrap_or_else(PoisonError::into_inner);
+        if s.upstreams.get(upstream).is_some_and(|n| *n <= started) {
+            s.upstreams.remove(upstream);
         }
+    }
+
+    /// Records the latest version of a tool, or forgets it (`None`: the next
+    /// call re-lists first).
+    fn remember(&self, upstream: &str, name: &str, seen: Option<Seen>) {
+        let mut m = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
+        let key = (upstream.to_owned(), name.to_owned());
+        let Some(seen) = seen else {
+            m.remove(&key);
+            return;
+        };
+        if m.len() >= SEEN_CAP && !m.contains_key(&key) {
+            tracing::warn!(upstream, "too many tool names remembered; forgetting this server's");
+            m.retain(|(u, _), _| u != upstream);
+            if m.len() >= SEEN_CAP {
+                m.clear();
+            }
+        }
+        m.insert(key, seen);
     }
 
     /// Whether `tools/call` of `tool` on `upstream` may go through.
@@ -168,7 +248,12 @@ impl Integrity {
         if mode == Mode::Off {
             return CallCheck::Allowed;
         }
-        if self.stale.lock().map(|s| s.contains(upstream)).unwrap_or(true) {
+        if self
+            .stale
+            .lock()
+            .map(|s| s.upstreams.contains_key(upstream))
+            .unwrap_or(true)
+        {
             return CallCheck::Unknown;
         }
         let seen = self
@@ -210,23 +295,36 @@ impl Integrity {
     }
 
     /// Pins, scans and filters the `tools` of one upstream's `tools/list` result.
-    pub async fn filter_tools(&self, upstream: &str, result: &mut Map<String, Value>) {
+    ///
+    /// A name listed twice is withheld in every copy and forgotten: the gateway
+    /// cannot tell which definition the server would run. False when the result
+    /// had no `tools` array (nothing was checked; anything else there is removed).
+    pub async fn filter_tools(&self, upstream: &str, result: &mut Map<String, Value>) -> bool {
         let mode = self.mode(upstream);
-        if let Ok(mut s) = self.stale.lock() {
-            s.remove(upstream);
-        }
         let Some(Value::Array(tools)) = result.remove("tools") else {
-            return;
+            return false;
         };
         let mut kept = Vec::with_capacity(tools.len());
         let mut fresh: Vec<(usize, Observation)> = Vec::new();
         let mut items: Vec<(Value, Option<State>)> = Vec::with_capacity(tools.len());
         let snap = self.snapshot();
+        let duplicates = if mode == Mode::Off {
+            HashSet::new()
+        } else {
+            duplicate_names(&tools)
+        };
+        for name in &duplicates {
+            tracing::warn!(upstream, tool = %name, "tool name listed more than once: every copy withheld");
+            self.remember(upstream, name, None);
+        }
         for tool in tools {
             let Some(name) = tool.get("name").and_then(Value::as_str).map(str::to_owned) else {
                 tracing::warn!(upstream, "tool without a string name withheld");
                 continue;
             };
+            if duplicates.contains(&name) {
+                continue;
+            }
             if mode == Mode::Off {
                 let state = if snap.is_quarantined(upstream, Some(&name)) {
                     State::Quarantined
@@ -259,19 +357,19 @@ impl Integrity {
         if !fresh.is_empty() {
             let decided = self.observe(mode, fresh.iter().map(|(_, o)| o.clone()).collect()).await;
             let mut any_pinned = false;
-            for ((i, obs), state) in fresh.iter().zip(decided) {
-                if let Ok(mut m) = self.seen.lock() {
-                    m.insert(
-                        (obs.upstream.clone(), obs.name.clone()),
-                        Seen {
-                            digest: obs.digest,
-                            high_risk: obs.high_risk,
-                        },
-                    );
-                }
-                any_pinned |= state.1;
+            for ((i, obs), decision) in fresh.iter().zip(decided) {
+                // Not recorded (store error): held, and not remembered either, or the
+                // next list or call would judge it from a snapshot that lacks its pin
+                // (tofu takes "no pin" for "about to be pinned").
+                let seen = decision.is_some().then_some(Seen {
+                    digest: obs.digest,
+                    high_risk: obs.high_risk,
+                });
+                self.remember(&obs.upstream, &obs.name, seen);
+                let (state, pinned) = decision.unwrap_or((State::HeldNew, false));
+                any_pinned |= pinned;
                 if let Some(slot) = items.get_mut(*i) {
-                    slot.1 = Some(state.0);
+                    slot.1 = Some(state);
                 }
             }
             if any_pinned {
@@ -286,12 +384,13 @@ impl Integrity {
             }
         }
         result.insert("tools".into(), Value::Array(kept));
+        true
     }
 
     /// Records observations on the blocking pool; audits each new hold with
-    /// its diff. Returns (state, auto-pinned) per observation; a store error
-    /// holds the item (fail closed).
-    async fn observe(&self, mode: Mode, batch: Vec<Observation>) -> Vec<(State, bool)> {
+    /// its diff. Returns (state, auto-pinned) per observation, `None` where the
+    /// store failed (the caller holds the item: fail closed).
+    async fn observe(&self, mode: Mode, batch: Vec<Observation>) -> Vec<Option<(State, bool)>> {
         let store = self.store.clone();
         let n = batch.len();
         let now = now_unix();
@@ -314,7 +413,7 @@ impl Integrity {
         .await;
         let Ok(results) = out else {
             tracing::error!("pin store task failed; items held");
-            return vec![(State::HeldNew, false); n];
+            return vec![None; n];
         };
         results
             .into_iter()
@@ -334,11 +433,11 @@ impl Integrity {
                             "first sight: pinned"
                         );
                     }
-                    (d.state, d.auto_pinned)
+                    Some((d.state, d.auto_pinned))
                 }
                 Err((e, obs)) => {
                     tracing::error!(upstream = %obs.upstream, tool = %obs.name, error = %e, "pin store error; item held");
-                    (State::HeldNew, false)
+                    None
                 }
             })
             .collect()
@@ -347,8 +446,15 @@ impl Integrity {
     /// Pins `instructions` of an `initialize` result; removes them while held.
     pub async fn filter_instructions(&self, upstream: &str, result: &mut Map<String, Value>) {
         let mode = self.mode(upstream);
-        let Some(Value::String(text)) = result.get("instructions") else {
-            return;
+        let text = match result.get("instructions") {
+            None => return,
+            Some(Value::String(text)) => text,
+            Some(_) => {
+                // Not a string, so not pinnable; a lenient client might still show it.
+                tracing::warn!(upstream, "server instructions that are not a string withheld");
+                result.remove("instructions");
+                return;
+            }
         };
         let snap = self.snapshot();
         if mode == Mode::Off {
@@ -366,7 +472,7 @@ impl Integrity {
             return;
         }
         let decided = self.observe(mode, vec![obs]).await;
-        let (state, pinned) = decided.first().copied().unwrap_or((State::HeldNew, false));
+        let (state, pinned) = decided.first().copied().flatten().unwrap_or((State::HeldNew, false));
         if pinned {
             self.reload().await;
         }
@@ -375,6 +481,21 @@ impl Integrity {
             result.remove("instructions");
         }
     }
+}
+
+/// Names that occur more than once among `tools`.
+fn duplicate_names(tools: &[Value]) -> HashSet<String> {
+    let mut count: HashMap<&str, usize> = HashMap::new();
+    for t in tools {
+        if let Some(n) = t.get("name").and_then(Value::as_str) {
+            *count.entry(n).or_default() += 1;
+        }
+    }
+    count
+        .into_iter()
+        .filter(|(_, c)| *c > 1)
+        .map(|(n, _)| n.to_owned())
+        .collect()
 }
 
 fn findings_json(report: &Report) -> Value {
@@ -421,4 +542,57 @@ fn audit_hold(obs: &Observation, state: State, approved: Option<&Digest>, diff: 
         obs.upstream,
         state.reason()
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn integrity() -> Arc<Integrity> {
+        let config: Config = serde_json::from_value(serde_json::json!({})).expect("empty config");
+        Integrity::in_memory(&config).expect("in-memory store")
+    }
+
+    #[test]
+    fn remembered_versions_are_bounded_and_a_flood_forgets_its_own_first() {
+        let i = integrity();
+        let seen = Seen {
+            digest: Digest([7; 32]),
+            high_risk: false,
+        };
+        i.remember("good", "t", Some(seen));
+        for n in 0..SEEN_CAP + 10 {
+            i.remember("flood", &n.to_string(), Some(seen));
+        }
+        let m = i.seen.lock().expect("seen");
+        assert!(m.len() <= SEEN_CAP, "{} entries", m.len());
+        assert!(m.contains_key(&("good".to_owned(), "t".to_owned())));
+    }
+
+    #[test]
+    fn an_older_snapshot_never_replaces_a_newer_one() {
+        let i = integrity();
+        let older = i.store.snapshot().expect("snapshot");
+        i.store
+            .quarantine("up", None, "admin", "incident", 0)
+            .expect("quarantine");
+        let newer = i.store.snapshot().expect("snapshot");
+        // Two reloads finishing out of order: the later read is installed first.
+        i.install(2, newer);
+        i.install(1, older);
+        assert!(i.snapshot().is_quarantined("up", None));
+        assert!(matches!(i.check_call("up", "t"), CallCheck::Refused(_)));
+    }
+
+    #[test]
+    fn a_listing_started_before_a_change_notice_does_not_clear_it() {
+        let i = integrity();
+        let started = i.listing_started();
+        i.mark_stale("up");
+        i.listed_all("up", started);
+        assert_eq!(i.check_call("up", "t"), CallCheck::Unknown);
+        let again = i.listing_started();
+        i.listed_all("up", again);
+        assert!(i.stale.lock().expect("stale").upstreams.is_empty());
+    }
 }
