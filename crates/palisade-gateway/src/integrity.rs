@@ -283,7 +283,14 @@ impl Integrity {
         if let Some(hit) = self.scans.lock().ok().and_then(|m| m.get(digest).cloned()) {
             return hit;
         }
-        let report = scan_tool(tool);
+        // CPU work (about 0.1 ms a tool): off the async worker where the runtime allows.
+        let multi = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        let report = if multi {
+            tokio::task::block_in_place(|| scan_tool(tool))
+        } else {
+            scan_tool(tool)
+        };
         let out = (report.high_risk(), findings_json(&report));
         if let Ok(mut m) = self.scans.lock() {
             if m.len() >= SCAN_CACHE {
