@@ -401,6 +401,24 @@ fn has_cursor(msg: &Message) -> bool {
 
 /// The `nextCursor` of a list result: `Ok(None)` on the last page, `Err` if
 /// it is neither absent, null nor a string.
+/// Pages read per upstream for one list.
+const MAX_PAGES: usize = 50;
+
+/// One page of a list method from `link`: the result object, or the transport
+/// error (`None`: the answer had no result object, e.g. the capability is absent).
+async fn list_page(
+    gw: &Gateway,
+    link: &Link,
+    method: &str,
+    cursor: Option<&str>,
+    timeout: std::time::Duration,
+) -> Result<Map<String, Value>, Option<UpstreamError>> {
+    let params = cursor.map(|c| to_raw(&serde_json::json!({ "cursor": c })));
+    let msg = Message::request(Id::number(gw.next_id()), method, params);
+    let (resp, _) = call_link(link, &msg, timeout).await.map_err(Some)?;
+    resp.result_as::<Map<String, Value>>().ok_or(None)
+}
+
 fn next_cursor(result: &Map<String, Value>) -> Result<Option<String>, ()> {
     match result.get("nextCursor") {
         None | Some(Value::Null) => Ok(None),
@@ -446,21 +464,17 @@ async fn filter_list(gw: &Gateway, upstream: &str, resp: &mut Message, first_pag
 /// `notifications/tools/list_changed`). The answers go nowhere else.
 pub async fn relist_tools(gw: &Gateway, sess: &LiveSession, upstream: &str) {
     let Some(link) = sess.links.get(upstream) else { return };
-    let timeout = gw
-        .upstreams
-        .get(upstream)
-        .map_or(std::time::Duration::from_secs(30), |h| h.timeout());
+    let timeout = gw.upstream_timeout(upstream);
     let started = gw.integrity.listing_started();
     let mut cursor: Option<String> = None;
-    for _page in 0..50 {
-        let p = cursor.as_ref().map(|c| to_raw(&serde_json::json!({ "cursor": c })));
-        let msg = Message::request(Id::number(gw.next_id()), "tools/list", p);
-        let Ok((resp, _)) = call_link(link, &msg, timeout).await else {
-            tracing::warn!(upstream, "re-listing tools for a pin check failed");
-            return;
-        };
-        let Some(mut result) = resp.result_as::<Map<String, Value>>() else {
-            return;
+    for _page in 0..MAX_PAGES {
+        let mut result = match list_page(gw, link, "tools/list", cursor.as_deref(), timeout).await {
+            Ok(r) => r,
+            Err(Some(e)) => {
+                tracing::warn!(upstream, error = %e, "re-listing tools for a pin check failed");
+                return;
+            }
+            Err(None) => return,
         };
         if !gw.integrity.filter_tools(upstream, &mut result).await {
             return;
@@ -517,10 +531,7 @@ pub async fn fan_out(
     upstreams.sort();
     for name in upstreams {
         let Some(link) = sess.links.get(name) else { continue };
-        let timeout = gw
-            .upstreams
-            .get(name)
-            .map_or(std::time::Duration::from_secs(30), |h| h.timeout());
+        let timeout = gw.upstream_timeout(name);
         if key.is_empty() {
             // A setting broadcast to every upstream (logging/setLevel).
             let msg = Message::request(Id::number(gw.next_id()), method, params.clone());
@@ -532,19 +543,17 @@ pub async fn fan_out(
         let started = gw.integrity.listing_started();
         let mut checked_all = true;
         let mut cursor: Option<String> = None;
-        for _page in 0..50 {
-            let p = cursor.as_ref().map(|c| to_raw(&serde_json::json!({ "cursor": c })));
-            let msg = Message::request(Id::number(gw.next_id()), method, p);
-            let resp = match call_link(link, &msg, timeout).await {
-                Ok((r, _)) => r,
-                Err(e) => {
+        for _page in 0..MAX_PAGES {
+            let mut result = match list_page(&gw, link, method, cursor.as_deref(), timeout).await {
+                Ok(r) => r,
+                Err(Some(e)) => {
                     tracing::warn!(upstream = %name, method, error = %e, "upstream left out of aggregated list");
                     break;
                 }
-            };
-            let Some(mut result) = resp.result_as::<Map<String, Value>>() else {
-                tracing::debug!(upstream = %name, method, "upstream has no result for list (capability absent?)");
-                break;
+                Err(None) => {
+                    tracing::debug!(upstream = %name, method, "upstream has no result for list (capability absent?)");
+                    break;
+                }
             };
             if key == "tools" {
                 checked_all &= gw.integrity.filter_tools(name, &mut result).await;

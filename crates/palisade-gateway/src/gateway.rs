@@ -223,6 +223,13 @@ impl Gateway {
         Ok(gw)
     }
 
+    /// The request timeout of an upstream (30 s for a name not configured).
+    pub fn upstream_timeout(&self, name: &str) -> Duration {
+        self.upstreams
+            .get(name)
+            .map_or(Duration::from_secs(30), |h| h.timeout())
+    }
+
     /// A fresh process-wide unique id for a message sent by the gateway.
     pub fn next_id(&self) -> u64 {
         self.next_id.fetch_add(1, Ordering::Relaxed)

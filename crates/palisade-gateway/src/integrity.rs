@@ -62,7 +62,8 @@ pub struct Integrity {
     snapshot: RwLock<(u64, Arc<Snapshot>)>,
     /// Counts snapshot reads; held while reading, so the count orders them.
     reads: Arc<Mutex<u64>>,
-    seen: Mutex<HashMap<(String, String), Seen>>,
+    /// Upstream → tool → latest version (nested, so a call looks up without allocating).
+    seen: Mutex<HashMap<String, HashMap<String, Seen>>>,
     scans: Mutex<HashMap<Digest, (bool, Value)>>,
     stale: Mutex<Stale>,
     version: AtomicI64,
@@ -222,19 +223,27 @@ impl Integrity {
     /// call re-lists first).
     fn remember(&self, upstream: &str, name: &str, seen: Option<Seen>) {
         let mut m = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
-        let key = (upstream.to_owned(), name.to_owned());
         let Some(seen) = seen else {
-            m.remove(&key);
+            if let Some(tools) = m.get_mut(upstream) {
+                tools.remove(name);
+            }
             return;
         };
-        if m.len() >= SEEN_CAP && !m.contains_key(&key) {
+        let known = m.get(upstream).is_some_and(|t| t.contains_key(name));
+        if !known && m.values().map(HashMap::len).sum::<usize>() >= SEEN_CAP {
             tracing::warn!(upstream, "too many tool names remembered; forgetting this server's");
-            m.retain(|(u, _), _| u != upstream);
-            if m.len() >= SEEN_CAP {
+            m.remove(upstream);
+            if m.values().map(HashMap::len).sum::<usize>() >= SEEN_CAP {
                 m.clear();
             }
         }
-        m.insert(key, seen);
+        m.entry(upstream.to_owned()).or_default().insert(name.to_owned(), seen);
+    }
+
+    /// The latest version of `tool` seen on `upstream`.
+    fn seen(&self, upstream: &str, tool: &str) -> Option<Seen> {
+        let m = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
+        m.get(upstream).and_then(|t| t.get(tool)).copied()
     }
 
     /// Whether `tools/call` of `tool` on `upstream` may go through.
@@ -256,12 +265,7 @@ impl Integrity {
         {
             return CallCheck::Unknown;
         }
-        let seen = self
-            .seen
-            .lock()
-            .ok()
-            .and_then(|m| m.get(&(upstream.to_owned(), tool.to_owned())).copied());
-        let Some(seen) = seen else {
+        let Some(seen) = self.seen(upstream, tool) else {
             return CallCheck::Unknown;
         };
         match snap.evaluate(mode, upstream, ItemKind::Tool, tool, &seen.digest, seen.high_risk) {
@@ -342,9 +346,7 @@ impl Integrity {
                 continue;
             }
             let digest = pin_tool(&tool);
-            let key = (upstream.to_owned(), name.clone());
-            let known = self.seen.lock().ok().and_then(|m| m.get(&key).copied());
-            match known {
+            match self.seen(upstream, &name) {
                 Some(s) if s.digest == digest => {
                     let state = snap.evaluate(mode, upstream, ItemKind::Tool, &name, &digest, s.high_risk);
                     items.push((tool, Some(state)));
@@ -571,9 +573,9 @@ mod tests {
         for n in 0..SEEN_CAP + 10 {
             i.remember("flood", &n.to_string(), Some(seen));
         }
-        let m = i.seen.lock().expect("seen");
-        assert!(m.len() <= SEEN_CAP, "{} entries", m.len());
-        assert!(m.contains_key(&("good".to_owned(), "t".to_owned())));
+        let len: usize = i.seen.lock().expect("seen").values().map(HashMap::len).sum();
+        assert!(len <= SEEN_CAP, "{len} entries");
+        assert!(i.seen("good", "t").is_some());
     }
 
     #[test]

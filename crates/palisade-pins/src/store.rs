@@ -230,52 +230,28 @@ fn parse_column<T: std::str::FromStr<Err = ParseError>>(value: ValueRef<'_>) -> 
         .map_err(|e: ParseError| FromSqlError::Other(Box::new(e)))
 }
 
-impl ToSql for Digest {
-    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
-        Ok(ToSqlOutput::from(self.to_string()))
-    }
+/// Types stored as their text form (`Display`/`as_str` out, `FromStr` in).
+macro_rules! text_column {
+    ($($t:ty => $to:expr),* $(,)?) => {$(
+        impl ToSql for $t {
+            fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+                Ok(ToSqlOutput::from($to(self)))
+            }
+        }
+
+        impl FromSql for $t {
+            fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
+                parse_column(value)
+            }
+        }
+    )*};
 }
 
-impl FromSql for Digest {
-    fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
-        parse_column(value)
-    }
-}
-
-impl ToSql for ItemKind {
-    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
-        Ok(ToSqlOutput::from(self.as_str()))
-    }
-}
-
-impl FromSql for ItemKind {
-    fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
-        parse_column(value)
-    }
-}
-
-impl ToSql for Mode {
-    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
-        Ok(ToSqlOutput::from(self.as_str()))
-    }
-}
-
-impl FromSql for Mode {
-    fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
-        parse_column(value)
-    }
-}
-
-impl ToSql for ApprovalAction {
-    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
-        Ok(ToSqlOutput::from(self.as_str()))
-    }
-}
-
-impl FromSql for ApprovalAction {
-    fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
-        parse_column(value)
-    }
+text_column! {
+    Digest => |d: &Digest| d.to_string(),
+    ItemKind => |k: &ItemKind| k.as_str(),
+    Mode => |m: &Mode| m.as_str(),
+    ApprovalAction => |a: &ApprovalAction| a.as_str(),
 }
 
 /// Creates the file owner-only before SQLite touches it; refuses symlinks.

@@ -55,6 +55,15 @@ const AMBIGUOUS_NAMES: &[&str] = &[
     "debug",
 ];
 
+/// Categories of the phrase rules (as opposed to character and size rules).
+const PHRASE_CATEGORIES: &[Category] = &[
+    Category::HiddenInstructions,
+    Category::SensitiveAccess,
+    Category::Exfiltration,
+    Category::Shadowing,
+    Category::DangerousCommand,
+];
+
 /// Words in a parameter name that read as an order, and what it is about.
 const NAME_VERBS: &[&str] = &[
     "read",
@@ -229,11 +238,11 @@ impl Walk<'_> {
                         ("properties" | "patternProperties" | "$defs" | "definitions", Value::Object(props)) => {
                             for (name, sub) in props {
                                 let pp = format!("{p}/{}", pointer_token(name));
-                                if k == "properties" {
-                                    self.parameter(name, sub, &pp);
-                                }
                                 self.key(name, &pp);
                                 self.schema(sub, &pp, depth + 2);
+                                if k == "properties" {
+                                    self.parameter(name, &pp);
+                                }
                             }
                         }
                         (m, Value::String(s)) if MACHINE_KEYS.contains(&m) => self.hidden_only(s, &p),
@@ -257,7 +266,7 @@ impl Walk<'_> {
         }
     }
 
-    fn parameter(&mut self, name: &str, sub: &Value, pointer: &str) {
+    fn parameter(&mut self, name: &str, pointer: &str) {
         name_rules(name, pointer, &mut self.report);
         let lower = name.to_ascii_lowercase();
         if SIDE_CHANNEL_NAMES.contains(&lower.as_str()) {
@@ -284,20 +293,24 @@ impl Walk<'_> {
                 format!("parameter name {name:?} tells the model what to put in it"),
             ));
         }
-        // A parameter whose own description asks for secrets or the conversation.
-        if let Some(Value::String(d)) = sub.get("description") {
-            let mut tmp = Vec::new();
-            phrase_findings(&fold(d), pointer, &self.ctx, &mut tmp);
-            if tmp.iter().any(|f| f.severity >= Severity::Medium) {
-                self.report.push(finding(
-                    Category::SuspiciousSchema,
-                    "schema.side_channel_parameter",
-                    Severity::High,
-                    pointer,
-                    (0, name.len()),
-                    format!("parameter {name:?} asks to be filled with content beyond the task"),
-                ));
-            }
+        // A parameter whose own description (scanned just before) asks for
+        // secrets or the conversation: a visible phrase finding of medium or more.
+        let desc = format!("{pointer}/description");
+        let asks = self.report.findings.iter().any(|f| {
+            f.pointer == desc
+                && f.via.is_none()
+                && f.severity >= Severity::Medium
+                && PHRASE_CATEGORIES.contains(&f.category)
+        });
+        if asks {
+            self.report.push(finding(
+                Category::SuspiciousSchema,
+                "schema.side_channel_parameter",
+                Severity::High,
+                pointer,
+                (0, name.len()),
+                format!("parameter {name:?} asks to be filled with content beyond the task"),
+            ));
         }
     }
 

@@ -60,27 +60,25 @@ async fn call_tool(url: &str, sid: &str, id: u64, tool: &str) -> Value {
     post(url, Some(sid), &call(id, tool, args)).await.response()
 }
 
-/// Calls until the answer is a result (an approval reaches the gateway by polling).
-async fn call_until_allowed(url: &str, sid: &str, tool: &str) -> Value {
+/// Calls until the answer has `want` ("result" or "error"): approvals and
+/// quarantines reach the running gateway by polling.
+async fn call_until(url: &str, sid: &str, tool: &str, want: &str) -> Value {
     for i in 0..100 {
         let v = call_tool(url, sid, 1000 + i, tool).await;
-        if v.get("result").is_some() {
+        if v.get(want).is_some() {
             return v;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    panic!("{tool} stayed refused");
+    panic!("{tool} never answered with {want}");
+}
+
+async fn call_until_allowed(url: &str, sid: &str, tool: &str) -> Value {
+    call_until(url, sid, tool, "result").await
 }
 
 async fn call_until_refused(url: &str, sid: &str, tool: &str) -> Value {
-    for i in 0..100 {
-        let v = call_tool(url, sid, 2000 + i, tool).await;
-        if v.get("error").is_some() {
-            return v;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("{tool} stayed allowed");
+    call_until(url, sid, tool, "error").await
 }
 
 #[tokio::test]

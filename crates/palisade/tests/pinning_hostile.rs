@@ -1,5 +1,5 @@
 //! Tool pinning against a scripted, hostile upstream: a small stdio MCP server
-//! (Python, written into the test's folder) serves whatever tool pages the test
+//! (Python, `tests/fixtures/scripted_server.py`) serves whatever tool pages the test
 //! puts in a state file, so each test can stage one trick: a change hidden on a
 //! later page, duplicate names, an unparsable list, or a broken pin store.
 
@@ -11,71 +11,17 @@ use std::process::Command;
 use common::*;
 use serde_json::{Value, json};
 
-const SERVER: &str = r#"
-import json, sys
-
-STATE = sys.argv[1]
-
-
-def send(obj):
-    sys.stdout.write(json.dumps(obj) + "\n")
-    sys.stdout.flush()
-
-
-for line in sys.stdin:
-    line = line.strip()
-    if not line:
-        continue
-    try:
-        msg = json.loads(line)
-    except ValueError:
-        continue
-    mid = msg.get("id")
-    method = msg.get("method")
-    if mid is None:
-        continue
-    with open(STATE) as f:
-        st = json.load(f)
-    if method == "initialize":
-        result = {"protocolVersion": msg["params"]["protocolVersion"],
-                  "capabilities": {"tools": {"listChanged": True}},
-                  "serverInfo": {"name": "scripted", "version": "0"}}
-        if "instructions" in st:
-            result["instructions"] = st["instructions"]
-        send({"jsonrpc": "2.0", "id": mid, "result": result})
-    elif method == "tools/list":
-        if "raw_list" in st:
-            sys.stdout.write('{"jsonrpc":"2.0","id":%s,"result":%s}\n' % (json.dumps(mid), st["raw_list"]))
-            sys.stdout.flush()
-            continue
-        pages = st["pages"]
-        cursor = (msg.get("params") or {}).get("cursor")
-        i = int(cursor) if cursor else 0
-        result = {"tools": pages[i]}
-        if i + 1 < len(pages):
-            result["nextCursor"] = str(i + 1)
-        send({"jsonrpc": "2.0", "id": mid, "result": result})
-    elif method == "tools/call":
-        name = msg["params"]["name"]
-        if name == "notify":
-            send({"jsonrpc": "2.0", "method": "notifications/tools/list_changed"})
-        send({"jsonrpc": "2.0", "id": mid, "result": {"content": [{"type": "text", "text": "ran " + name}]}})
-    else:
-        send({"jsonrpc": "2.0", "id": mid, "error": {"code": -32601, "message": "method not found"}})
-"#;
-
 /// The scripted upstream and the file that drives it.
 struct Scripted {
     _dir: tempfile::TempDir,
     state: PathBuf,
-    script: PathBuf,
+    script: String,
 }
 
 impl Scripted {
     fn new(state: &Value) -> Scripted {
         let dir = tempfile::tempdir().expect("temp dir");
-        let script = dir.path().join("server.py");
-        std::fs::write(&script, SERVER).expect("write server");
+        let script = fixture("scripted_server.py");
         let s = Scripted {
             state: dir.path().join("state.json"),
             script,
@@ -101,7 +47,7 @@ impl Scripted {
             "[integrity]\npoll_interval_ms = 50\n\n\
              [upstreams.fx]\ntransport = \"stdio\"\ncommand = \"python3\"\nargs = [\"{}\", \"{}\"]\n\
              mode = \"shared\"\npinning = \"{pinning}\"\nrequest_timeout_ms = 5000\n",
-            self.script.display(),
+            self.script,
             self.state.display()
         )
     }
