@@ -12,7 +12,9 @@ use serde::Deserialize;
 use toml::Spanned;
 
 mod auth;
+mod controls;
 pub use auth::*;
+pub use controls::*;
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Deserialize)]
@@ -34,6 +36,15 @@ pub struct Config {
     /// Tool pinning and the poisoning scan.
     #[serde(default)]
     pub integrity: IntegrityConfig,
+    /// Cedar authorization; off when absent.
+    #[serde(default)]
+    pub policy: Option<PolicyConfig>,
+    /// Rate limits, adaptive limits and quotas.
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    /// Where state shared by replicas lives.
+    #[serde(default)]
+    pub state: StateConfig,
 }
 
 /// `[integrity]`: tool pins, rug-pull holds and the tool-poisoning scan (J2).
@@ -262,6 +273,18 @@ pub struct UpstreamConfig {
     /// Tool pinning for this upstream (default: `integrity.default_pinning`).
     #[serde(default)]
     pub pinning: Option<PinMode>,
+    /// Data classification for policies: public, internal, confidential or restricted.
+    #[serde(default)]
+    pub classification: String,
+    /// Free tags for policies (for example a team name).
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Rates scoped to this upstream, added to the gateway-wide `[limits]`.
+    #[serde(default)]
+    pub limits: RateLevels,
+    /// Per-tool timeouts (upstream tool name → ms); other tools use `request_timeout_ms`.
+    #[serde(default)]
+    pub tool_timeouts_ms: BTreeMap<String, u64>,
 }
 
 fn yes() -> bool {
@@ -538,6 +561,7 @@ impl Config {
             errs.push(err_at("upstreams", None, "configure at least one upstream".into()));
         }
         self.validate_auth(&mut errs);
+        validate_controls(self.policy.as_ref(), &self.limits, &self.state, &mut errs);
         if let Some(t) = &s.tls {
             validate_tls("server.tls", t, &mut errs);
         }
@@ -605,6 +629,7 @@ impl Config {
                 ));
             }
             up.get_ref().validate(&key, line, &mut errs);
+            validate_upstream(&key, line, up.get_ref(), &mut errs);
         }
         errs
     }
@@ -797,7 +822,7 @@ fn valid_name(name: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
 }
 
-fn err_at(key: &str, line: Option<usize>, message: String) -> ConfigError {
+pub(crate) fn err_at(key: &str, line: Option<usize>, message: String) -> ConfigError {
     ConfigError {
         key: key.to_owned(),
         line,

@@ -58,6 +58,34 @@ impl Admin {
             "tools/call refused because the tool is held, quarantined or not listed",
             gw.integrity.refused_calls.clone(),
         );
+        let m = &gw.controls.metrics;
+        for (name, help, counter) in [
+            ("authz_denied", "Requests denied by a Cedar policy", &m.denied),
+            ("rate_limited", "Requests refused by a rate limit", &m.rate_limited),
+            (
+                "invalid_arguments",
+                "tools/call refused: arguments do not match the pinned inputSchema",
+                &m.invalid_arguments,
+            ),
+            (
+                "invalid_results",
+                "Tool results refused: structuredContent does not match the pinned outputSchema",
+                &m.invalid_results,
+            ),
+            (
+                "confirmations_accepted",
+                "Calls the user confirmed",
+                &m.confirmations_accepted,
+            ),
+            (
+                "confirmations_refused",
+                "Calls not confirmed (declined, cancelled, timed out, or no elicitation)",
+                &m.confirmations_refused,
+            ),
+            ("state_errors", "Shared-state backend errors", &m.state_errors),
+        ] {
+            registry.register(name, help, counter.clone());
+        }
         Admin {
             gw,
             tls,

@@ -111,15 +111,61 @@ pub async fn authenticate(
         headers,
     };
     match auth.authenticate(&req, &ep, unix(SystemTime::now())).await {
-        Ok(identity) => Ok(Caller {
-            principal: identity.principal.clone(),
-            identity: Some(identity),
-            client_cert,
-        }),
+        Ok(identity) => {
+            if let Err(e) = shared_replay_check(gw, &identity, headers).await {
+                audit_failure(&e, &path, Some(&identity.principal));
+                return Err(refusal(gw, &e, &ep));
+            }
+            Ok(Caller {
+                principal: identity.principal.clone(),
+                identity: Some(identity),
+                client_cert,
+            })
+        }
         Err(e) => {
             audit_failure(&e, &path, None);
             Err(refusal(gw, &e, &ep))
         }
+    }
+}
+
+/// With state shared between replicas, a DPoP proof's `jti` is also recorded
+/// there: a proof replayed to another replica is refused too. (Each replica's
+/// own cache already refused replays to itself.)
+async fn shared_replay_check(gw: &Gateway, identity: &Identity, headers: &HeaderMap) -> Result<(), AuthError> {
+    use base64::Engine;
+    if gw.controls.state.name() == "local" {
+        return Ok(());
+    }
+    let Some(jkt) = identity.jkt.as_deref() else {
+        return Ok(());
+    };
+    // The proof was verified by the authenticator; only its jti is read here.
+    let jti = headers
+        .get("dpop")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|p| p.split('.').nth(1))
+        .and_then(|b| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(b).ok())
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|c| c.get("jti")?.as_str().map(str::to_owned))
+        .ok_or_else(|| AuthError::new(Reason::DpopInvalid, "DPoP proof has no jti"))?;
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    ctx.update(jkt.as_bytes());
+    ctx.update(&[0]);
+    ctx.update(jti.as_bytes());
+    let key = format!(
+        "dpop:{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(ctx.finish())
+    );
+    let a = &gw.config.auth;
+    let ttl = std::time::Duration::from_secs(a.dpop_max_age_s + 2 * a.leeway_s + 5);
+    if gw.controls.first_use(&key, ttl).await {
+        Ok(())
+    } else {
+        Err(AuthError::new(
+            Reason::DpopReplay,
+            "DPoP proof was already used (or the replay cache is unavailable)",
+        ))
     }
 }
 
@@ -171,6 +217,34 @@ pub fn check_tool(
     };
     let path = route_path(&sess.route);
     let ep = endpoint(gw, &sess.route, &path);
+    auth.check_step_up(id, &ep, step, unix(SystemTime::now())).map_err(|e| {
+        audit_failure(&e, &path, Some(&caller.principal));
+        refusal(gw, &e, &endpoint(gw, &sess.route, &path))
+    })
+}
+
+/// A step-up required by a policy obligation (scopes, MFA).
+pub fn check_step(
+    gw: &Gateway,
+    sess: &LiveSession,
+    caller: &Caller,
+    step: &palisade_config::StepUp,
+) -> Result<(), Response> {
+    let Some(auth) = &gw.auth else {
+        // Fail closed: the policy asks for a stronger authentication than exists here.
+        return Err(crate::hygiene::json_error(
+            StatusCode::FORBIDDEN,
+            palisade_wire::codes::FORBIDDEN,
+            "this call requires step-up authentication, and authentication is off",
+        ));
+    };
+    let path = route_path(&sess.route);
+    let ep = endpoint(gw, &sess.route, &path);
+    let Some(id) = &caller.identity else {
+        // A policy asks for more than an anonymous caller can ever show.
+        let e = AuthError::new(Reason::InsufficientAuthentication, "authentication is required");
+        return Err(refusal(gw, &e, &ep));
+    };
     auth.check_step_up(id, &ep, step, unix(SystemTime::now())).map_err(|e| {
         audit_failure(&e, &path, Some(&caller.principal));
         refusal(gw, &e, &endpoint(gw, &sess.route, &path))

@@ -264,6 +264,10 @@ pub async fn forward(
         ));
         return;
     };
+    if let Err(refusal) = authorize_forward(&gw, &sess, &upstream, &msg) {
+        stream.finish(&error_message(&client_id, codes::INVALID_PARAMS, &refusal));
+        return;
+    }
     let Ok(_permit) = handle.permits.clone().try_acquire_owned() else {
         stream.finish(&error_message(
             &client_id,
@@ -308,8 +312,14 @@ pub async fn forward(
     };
     let gw_msg_id = Id::number(gw_id);
     msg.id = Some(gw_msg_id.clone());
-    let timeout = handle.timeout();
     let method = msg.method().to_owned();
+    let called = (method == "tools/call")
+        .then(|| msg.params_as::<NamedParams>().and_then(|p| p.name))
+        .flatten();
+    let timeout = called
+        .as_deref()
+        .and_then(|t| handle.config.tool_timeouts_ms.get(t))
+        .map_or_else(|| handle.timeout(), |ms| std::time::Duration::from_millis(*ms));
     // A first-page tools/list that comes back without nextCursor is the whole list.
     let listing = (method == "tools/list").then(|| (gw.integrity.listing_started(), !has_cursor(&msg)));
     let result = match &link {
@@ -363,6 +373,10 @@ pub async fn forward(
             if let Some((started, first_page)) = listing {
                 filter_list(&gw, &upstream, &mut resp, first_page.then_some(started)).await;
             }
+            if let Some(key) = list_key(&method) {
+                policy_filter_response(&gw, &sess, &upstream, key, &mut resp);
+            }
+            check_answer(&gw, &upstream, called.as_deref(), &client_id, &mut resp);
             resp.id = Some(client_id);
             if sess.stateless {
                 ensure_result_type(&mut resp);
@@ -383,13 +397,143 @@ pub async fn forward(
                     tokio::spawn(async move { gw2.end_session(&s2).await });
                 }
             }
-            if let UpstreamError::Timeout = e
-                && let Link::Http { .. } = &link
-            {
+            if let UpstreamError::Timeout = e {
+                // The upstream stops working on it (R3: per-tool timeout).
                 crate::gateway::answer_upstream(&link, cancel_notice(gw_id));
             }
             stream.finish(&upstream_error(Some(client_id), &e));
         }
+    }
+}
+
+/// The result key of a list method.
+fn list_key(method: &str) -> Option<&'static str> {
+    match method {
+        "tools/list" => Some("tools"),
+        "resources/list" => Some("resources"),
+        "resources/templates/list" => Some("resourceTemplates"),
+        "prompts/list" => Some("prompts"),
+        _ => None,
+    }
+}
+
+/// The Cedar decision for a request other than `tools/call` (checked before)
+/// and the list methods (filtered after). `Err` carries the refusal, worded
+/// like the answer for something that does not exist.
+fn authorize_forward(gw: &Arc<Gateway>, sess: &LiveSession, upstream: &str, msg: &Message) -> Result<(), String> {
+    use palisade_policy::{Action, Resource};
+    let Some(engine) = &gw.controls.policy else {
+        return Ok(());
+    };
+    let method = msg.method();
+    let action = Action::from_method(method);
+    if matches!(action, Action::CallTool) || list_key(method).is_some() {
+        return Ok(());
+    }
+    let named = msg.params_as::<NamedParams>();
+    let (resource, refusal) = match action {
+        Action::ReadResource | Action::Subscribe | Action::Unsubscribe => {
+            let uri = named.as_ref().and_then(|p| p.uri.clone()).unwrap_or_default();
+            let m = format!("unknown resource {uri:?}");
+            (ResourceRef::Uri(uri), m)
+        }
+        Action::GetPrompt => {
+            let name = named.as_ref().and_then(|p| p.name.clone()).unwrap_or_default();
+            let m = format!("unknown prompt {name:?}");
+            (ResourceRef::Prompt(name), m)
+        }
+        Action::Complete => match named.as_ref().and_then(|p| p.reference.as_ref()) {
+            Some(RefParam {
+                kind, name: Some(n), ..
+            }) if kind == "ref/prompt" => (ResourceRef::Prompt(n.clone()), format!("unknown prompt {n:?}")),
+            Some(RefParam { uri: Some(u), .. }) => (ResourceRef::Uri(u.clone()), format!("unknown resource {u:?}")),
+            _ => (ResourceRef::Server, "completion is not available".to_owned()),
+        },
+        _ => (ResourceRef::Server, format!("method {method:?} is not available")),
+    };
+    let resource = match &resource {
+        ResourceRef::Uri(uri) => Resource::Resource { server: upstream, uri },
+        ResourceRef::Prompt(prompt) => Resource::Prompt {
+            server: upstream,
+            prompt,
+        },
+        ResourceRef::Server => Resource::Server { server: upstream },
+    };
+    let who = crate::controls::Who::of(sess);
+    let arguments = (action == Action::GetPrompt)
+        .then(|| msg.params_as::<Map<String, Value>>())
+        .flatten()
+        .and_then(|mut p| p.remove("arguments"));
+    let d = crate::controls::decide(engine, &who, sess.route.key(), action, resource, arguments.as_ref());
+    crate::controls::audit_decision(&who, action, upstream, &d);
+    if d.allowed {
+        return Ok(());
+    }
+    gw.controls.metrics.denied.inc();
+    gw.controls.signal(
+        &crate::controls::principal_key(&sess.principal),
+        crate::controls::Signal::Denied,
+    );
+    Err(refusal)
+}
+
+enum ResourceRef {
+    Uri(String),
+    Prompt(String),
+    Server,
+}
+
+/// Keeps in a list answer only what the session's user may use.
+fn policy_filter_response(gw: &Gateway, sess: &LiveSession, upstream: &str, key: &str, resp: &mut Message) {
+    let Some(engine) = &gw.controls.policy else { return };
+    let Some(mut result) = resp.result_as::<Map<String, Value>>() else {
+        return;
+    };
+    if let Some(Value::Array(items)) = result.get_mut(key) {
+        let who = crate::controls::Who::of(sess);
+        crate::controls::filter_list_items(engine, &who, sess.route.key(), upstream, key, items);
+    }
+    if let Ok(raw) = serde_json::value::to_raw_value(&result) {
+        resp.result = Some(raw);
+    }
+}
+
+/// Quotas and output checks on an upstream's answer: the size cap (R3), and
+/// a tool result's `structuredContent` against the pinned `outputSchema` (V2).
+fn check_answer(gw: &Gateway, upstream: &str, tool: Option<&str>, client_id: &Id, resp: &mut Message) {
+    let size = resp.result.as_ref().map_or(0, |r| r.get().len());
+    let cap = gw.config.limits.max_response_bytes;
+    if size > cap {
+        tracing::warn!(upstream, size, cap, "upstream answer over the size cap refused");
+        *resp = Message::error(
+            resp.id.clone(),
+            codes::UPSTREAM_UNAVAILABLE,
+            &format!("the server's answer ({size} bytes) exceeds the gateway's limit of {cap} bytes"),
+            None,
+        );
+        return;
+    }
+    let Some(tool) = tool else { return };
+    let Some(info) = gw.integrity.tool_info(upstream, tool) else {
+        return;
+    };
+    let (Ok(schemas), Some(result)) = (&info.schemas, resp.result_as::<Value>()) else {
+        return;
+    };
+    if let Err(e) = schemas.check_result(&result) {
+        gw.controls.metrics.invalid_results.inc();
+        tracing::warn!(
+            target: "palisade::audit",
+            event = "call.invalid_result",
+            upstream,
+            tool,
+            error = %e,
+            "tool result refused by the pinned outputSchema"
+        );
+        *resp = crate::calls::tool_error(
+            client_id,
+            &format!("the server's result for tool {tool:?} does not match its declared outputSchema: {e}"),
+        );
     }
 }
 
@@ -557,6 +701,10 @@ pub async fn fan_out(
             };
             if key == "tools" {
                 checked_all &= gw.integrity.filter_tools(name, &mut result).await;
+            }
+            if let (Some(engine), Some(Value::Array(items))) = (&gw.controls.policy, result.get_mut(key)) {
+                let who = crate::controls::Who::of(&sess);
+                crate::controls::filter_list_items(engine, &who, sess.route.key(), name, key, items);
             }
             if let Some(Value::Array(items)) = result.get(key) {
                 for item in items {

@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use palisade_config::{Config, Transport, UpstreamConfig};
-use palisade_session::{RevocationList, SessionSealer, unix};
+use palisade_session::{SessionSealer, unix};
 use palisade_upstream::UpstreamError;
 use palisade_upstream::http::{HttpUpstream, Reply};
 use palisade_upstream::stdio::{Event as StdioEvent, StdioConnection, StdioSpec};
@@ -69,18 +69,27 @@ pub struct ProgressRoute {
     pub stream: Arc<StreamBuf>,
 }
 
+/// Where the client's answer to a server-to-client request goes.
+#[derive(Debug, Clone)]
+pub enum ServerReply {
+    /// Back to the upstream that asked, with its own id restored.
+    Upstream(Link),
+    /// To the gateway itself (a confirmation it asked for).
+    Gateway(tokio::sync::mpsc::Sender<Message>),
+}
+
 /// A server-to-client request awaiting the client's answer.
 #[derive(Debug, Clone)]
 pub struct ServerRequest {
     pub sid: String,
     pub upstream: String,
-    pub link: Link,
+    pub reply: ServerReply,
     pub original: Id,
     pub method: String,
 }
 
 /// Server-to-client requests awaiting an answer, across all sessions.
-const MAX_SERVER_REQUESTS: usize = 10_000;
+pub const MAX_SERVER_REQUESTS: usize = 10_000;
 
 /// Everything the gateway shares between requests.
 #[derive(Debug)]
@@ -93,7 +102,8 @@ pub struct Gateway {
     pub auth: Option<Arc<palisade_auth::Authenticator>>,
     /// Scopes and DPoP requirement of the aggregated endpoint (union over its upstreams).
     pub aggregate_auth: (Vec<String>, bool),
-    pub revoked: RevocationList,
+    /// Authorization, limits, quotas and the shared-state backend.
+    pub controls: Arc<crate::controls::Controls>,
     pub sessions: Mutex<HashMap<String, Arc<LiveSession>>>,
     pub upstreams: BTreeMap<String, Arc<UpstreamHandle>>,
     next_id: AtomicU64,
@@ -134,7 +144,9 @@ impl Gateway {
         auth: Option<Arc<palisade_auth::Authenticator>>,
         mut creds: BTreeMap<String, palisade_upstream::http::UpstreamCredentials>,
         integrity: Option<Arc<crate::integrity::Integrity>>,
+        controls: Option<Arc<crate::controls::Controls>>,
     ) -> Result<Arc<Gateway>, String> {
+        let controls = controls.unwrap_or_else(|| Arc::new(crate::controls::Controls::local(&config)));
         let integrity = match integrity {
             Some(i) => i,
             None => crate::integrity::Integrity::in_memory(&config)?,
@@ -208,7 +220,7 @@ impl Gateway {
             sealer,
             aggregate_auth,
             auth,
-            revoked: RevocationList::default(),
+            controls,
             sessions: Mutex::new(HashMap::new()),
             upstreams,
             next_id: AtomicU64::new(1),
@@ -280,12 +292,21 @@ impl Gateway {
 
     /// Ends a session: revokes its token, closes streams and upstream sessions.
     pub async fn end_session(&self, sess: &Arc<LiveSession>) {
+        self.close_session(sess, true).await;
+    }
+
+    /// Ends a session's live state here; `revoke` also refuses its token on
+    /// every replica. Idle sweeps with shared state do not revoke: the
+    /// session may be busy on another replica.
+    pub async fn close_session(&self, sess: &Arc<LiveSession>, revoke: bool) {
         if sess.stateless {
             // A per-request context: its links are the gateway's own, shared ones.
             sess.close_local();
             return;
         }
-        self.revoked.revoke(&sess.sid, sess.exp);
+        if revoke && !self.controls.revoke(&sess.sid, sess.exp).await {
+            tracing::error!(session = %digest(&sess.sid), "session revocation could not be recorded in the shared state");
+        }
         if let Ok(mut m) = self.sessions.lock() {
             m.remove(&sess.sid);
         }
@@ -314,9 +335,9 @@ impl Gateway {
             .unwrap_or_default();
         for s in stale {
             tracing::info!(session = %digest(&s.sid), "session expired");
-            self.end_session(&s).await;
+            let local = self.controls.state.name() == "local";
+            self.close_session(&s, local).await;
         }
-        self.revoked.purge(SystemTime::now());
     }
 
     /// Stops every stdio upstream.
@@ -327,7 +348,7 @@ impl Gateway {
             .map(|m| m.values().cloned().collect())
             .unwrap_or_default();
         for s in sessions {
-            self.end_session(&s).await;
+            self.close_session(&s, false).await;
         }
         for u in self.upstreams.values() {
             if let UpstreamKind::Stdio { shared: Some(c), .. } = &u.kind {
@@ -634,7 +655,7 @@ fn relay_server_request(
             ServerRequest {
                 sid: sess.sid.clone(),
                 upstream: upstream.to_owned(),
-                link: link.clone(),
+                reply: ServerReply::Upstream(link.clone()),
                 original,
                 method,
             },

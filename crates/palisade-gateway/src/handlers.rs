@@ -262,7 +262,7 @@ async fn post(gw: Arc<Gateway>, route: Route, conn: Conn, headers: HeaderMap, bo
         }
         return initialize(gw, route, caller, msg).await;
     }
-    let sess = match open_session(&gw, &route, &caller, &headers) {
+    let sess = match open_session(&gw, &route, &caller, &headers).await {
         Ok(s) => s,
         Err(r) => return r,
     };
@@ -281,12 +281,47 @@ fn accepted() -> Response {
     StatusCode::ACCEPTED.into_response()
 }
 
+/// A rate-limit refusal: 429 with `Retry-After` and a JSON-RPC error body
+/// (503 when the limiter's state is unavailable and the control fails closed).
+fn limited(id: &palisade_wire::Id, l: crate::controls::Limited) -> Response {
+    use crate::controls::Limited;
+    match l {
+        Limited::Rate { level, retry_after } => {
+            let secs = retry_after.as_secs_f64().ceil().max(1.0) as u64;
+            let msg = Message::error(
+                Some(id.clone()),
+                codes::RATE_LIMITED,
+                &format!("rate limit exceeded ({level}); retry after {secs} s"),
+                Some(serde_json::json!({ "retryAfterSeconds": secs, "limit": level })),
+            );
+            let mut r = json_message(StatusCode::TOO_MANY_REQUESTS, &msg);
+            if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+                r.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+            r
+        }
+        Limited::Unavailable => state_unavailable(),
+    }
+}
+
+/// The shared state cannot answer and the control fails closed: retry later.
+pub fn state_unavailable() -> Response {
+    let mut r = json_error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        codes::OVERLOADED,
+        "security state unavailable; retry later",
+    );
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("2"));
+    r
+}
+
 fn session_not_found() -> Response {
     json_error(StatusCode::NOT_FOUND, codes::UPSTREAM_UNAVAILABLE, "session not found")
 }
 
 /// Opens and checks the session of a non-initialize request.
-fn open_session(
+async fn open_session(
     gw: &Arc<Gateway>,
     route: &Route,
     caller: &Caller,
@@ -311,9 +346,13 @@ fn open_session(
             return Err(session_not_found());
         }
     };
-    if gw.revoked.is_revoked(&record.sid) {
-        tracing::info!(reason = %SessionError::Revoked, session = %digest(&record.sid), "session refused");
-        return Err(session_not_found());
+    match gw.controls.is_revoked(&record.sid).await {
+        Ok(false) => {}
+        Ok(true) => {
+            tracing::info!(reason = %SessionError::Revoked, session = %digest(&record.sid), "session refused");
+            return Err(session_not_found());
+        }
+        Err(_) => return Err(state_unavailable()),
     }
     check_version_header(gw, headers, &record)?;
     let live = match gw.session(&record.sid) {
@@ -506,7 +545,34 @@ async fn initialize(gw: Arc<Gateway>, route: Route, caller: Caller, msg: Message
     let mut links = HashMap::new();
     let mut results: Vec<(String, Value)> = Vec::new();
     let mut client_version = version;
-    let names = gw.route_upstreams(&route);
+    let mut names = gw.route_upstreams(&route);
+    if let Some(engine) = &gw.controls.policy {
+        // Upstreams the caller may not open a session with are left out (refused on a single route).
+        let who = crate::controls::Who::of_caller(&caller);
+        names.retain(|n| {
+            let d = crate::controls::decide(
+                engine,
+                &who,
+                route.key(),
+                palisade_policy::Action::Initialize,
+                palisade_policy::Resource::Server { server: n },
+                None,
+            );
+            crate::controls::audit_decision(&who, palisade_policy::Action::Initialize, n, &d);
+            d.allowed
+        });
+        if names.is_empty() {
+            gw.controls.metrics.denied.inc();
+            return fail(codes::FORBIDDEN, "not authorized to use this endpoint");
+        }
+    }
+    if let Err(l) = gw
+        .controls
+        .check_rates(&crate::controls::principal_key(&principal), None, None, None)
+        .await
+    {
+        return limited(&client_id, l);
+    }
     for name in &names {
         let Some(h) = gw.upstreams.get(name).cloned() else {
             continue;
@@ -692,6 +758,7 @@ pub async fn handle_request(gw: Arc<Gateway>, sess: Arc<LiveSession>, caller: &C
     let Some(client_id) = msg.id.clone() else {
         return json_error(StatusCode::BAD_REQUEST, codes::INVALID_REQUEST, "request without id");
     };
+    let mut confirm: Option<crate::calls::Confirm> = None;
     match tool_target(&gw, &sess, &msg) {
         Err(()) => {
             // Fail closed: a name the gateway cannot read unambiguously (duplicate keys,
@@ -707,18 +774,28 @@ pub async fn handle_request(gw: Arc<Gateway>, sess: Arc<LiveSession>, caller: &C
                 ),
             );
         }
-        Ok(Some((upstream, tool))) => {
-            if let Err(r) = crate::auth::check_tool(&gw, &sess, caller, &upstream, &tool) {
-                return r;
+        Ok(target) => {
+            let principal = crate::controls::principal_key(&caller.principal);
+            let upstream = match (&target, &sess.route) {
+                (Some((u, _)), _) => Some(u.as_str()),
+                (None, Route::Single(u)) => Some(u.as_str()),
+                (None, Route::Aggregate) => None,
+            };
+            let tool = target.as_ref().map(|(_, t)| t.as_str());
+            if let Err(l) = gw
+                .controls
+                .check_rates(&principal, Some(&sess.sid), upstream, tool)
+                .await
+            {
+                return limited(&client_id, l);
             }
-            if let Err(m) = check_integrity(&gw, &sess, &upstream, &tool).await {
-                return json_message(
-                    StatusCode::OK,
-                    &Message::error(Some(client_id), codes::INVALID_PARAMS, &m, None),
-                );
+            if let Some((upstream, tool)) = &target {
+                match crate::calls::check_call(&gw, &sess, caller, upstream, tool, &msg).await {
+                    Ok(c) => confirm = c,
+                    Err(r) => return r,
+                }
             }
         }
-        Ok(None) => {}
     }
     let stream = sess.new_stream();
     let key = client_id.as_str().to_owned();
@@ -734,7 +811,25 @@ pub async fn handle_request(gw: Arc<Gateway>, sess: Arc<LiveSession>, caller: &C
     }
     let params = msg.params.clone();
     record_subscription(&sess, &msg);
-    match plan(&gw, &sess, msg) {
+    let plan = plan(&gw, &sess, msg);
+    let busy = match &plan {
+        Plan::Forward { .. } | Plan::FanOut { .. } => {
+            match gw.controls.acquire(&crate::controls::principal_key(&caller.principal)) {
+                Some(b) => Some(b),
+                None => {
+                    stream.finish(&Message::error(
+                        Some(client_id),
+                        codes::OVERLOADED,
+                        "too many calls in flight for this user; retry later",
+                        None,
+                    ));
+                    return respond_from_stream(&gw, &sess, stream, None).await;
+                }
+            }
+        }
+        _ => None,
+    };
+    match plan {
         Plan::Forward { upstream, msg } => {
             if let Ok(mut m) = sess.requests.lock() {
                 m.insert(
@@ -747,7 +842,16 @@ pub async fn handle_request(gw: Arc<Gateway>, sess: Arc<LiveSession>, caller: &C
                     },
                 );
             }
-            let task = tokio::spawn(forward(gw.clone(), sess.clone(), upstream, msg, stream.clone()));
+            let (gw2, sess2, stream2) = (gw.clone(), sess.clone(), stream.clone());
+            let task = tokio::spawn(async move {
+                let _busy = busy;
+                if let Some(c) = confirm
+                    && !crate::calls::confirmed(&gw2, &sess2, &stream2, &c).await
+                {
+                    return;
+                }
+                forward(gw2, sess2, upstream, msg, stream2).await;
+            });
             // The forward task records its upstream id in the in-flight map; keep the handle for cancellation.
             if let Ok(mut m) = sess.requests.lock()
                 && let Some(r) = m.get_mut(&key)
@@ -756,15 +860,11 @@ pub async fn handle_request(gw: Arc<Gateway>, sess: Arc<LiveSession>, caller: &C
             }
         }
         Plan::FanOut { method, key } => {
-            tokio::spawn(fan_out(
-                gw.clone(),
-                sess.clone(),
-                client_id,
-                method,
-                key,
-                params,
-                stream.clone(),
-            ));
+            let fan = fan_out(gw.clone(), sess.clone(), client_id, method, key, params, stream.clone());
+            tokio::spawn(async move {
+                let _busy = busy;
+                fan.await;
+            });
         }
         Plan::Local(result) => {
             stream.finish(&Message::response(client_id, result));
@@ -779,22 +879,6 @@ pub async fn handle_request(gw: Arc<Gateway>, sess: Arc<LiveSession>, caller: &C
         None
     };
     respond_from_stream(&gw, &sess, stream, guard).await
-}
-
-/// Held, quarantined and never-listed tools are refused before anything is sent upstream.
-async fn check_integrity(gw: &Gateway, sess: &LiveSession, upstream: &str, tool: &str) -> Result<(), String> {
-    use crate::integrity::CallCheck;
-    match gw.integrity.check_call(upstream, tool) {
-        CallCheck::Allowed => return Ok(()),
-        CallCheck::Refused(m) => return Err(m),
-        CallCheck::Unknown => {}
-    }
-    crate::forward::relist_tools(gw, sess, upstream).await;
-    match gw.integrity.check_call(upstream, tool) {
-        CallCheck::Allowed => Ok(()),
-        CallCheck::Refused(m) => Err(m),
-        CallCheck::Unknown => Err(gw.integrity.refuse_unlisted(tool)),
-    }
 }
 
 /// Tracks `resources/subscribe` so updates from a shared process reach only subscribers.
@@ -886,7 +970,12 @@ fn client_response(gw: &Arc<Gateway>, sess: &Arc<LiveSession>, mut msg: Message)
     };
     msg.id = Some(entry.original.clone());
     tracing::debug!(upstream = %entry.upstream, method = %entry.method, "client answered server request");
-    answer_upstream(&entry.link, msg);
+    match &entry.reply {
+        crate::gateway::ServerReply::Upstream(link) => answer_upstream(link, msg),
+        crate::gateway::ServerReply::Gateway(tx) => {
+            let _ = tx.try_send(msg);
+        }
+    }
     accepted()
 }
 
@@ -913,7 +1002,7 @@ async fn get(gw: Arc<Gateway>, route: Route, conn: Conn, headers: HeaderMap) -> 
             "Accept must list text/event-stream",
         );
     }
-    let sess = match open_session(&gw, &route, &caller, &headers) {
+    let sess = match open_session(&gw, &route, &caller, &headers).await {
         Ok(s) => s,
         Err(r) => return r,
     };
@@ -966,7 +1055,7 @@ async fn delete(gw: Arc<Gateway>, route: Route, conn: Conn, headers: HeaderMap) 
     {
         return method_not_allowed(Method::DELETE).await;
     }
-    let sess = match open_session(&gw, &route, &caller, &headers) {
+    let sess = match open_session(&gw, &route, &caller, &headers).await {
         Ok(s) => s,
         Err(r) => return r,
     };

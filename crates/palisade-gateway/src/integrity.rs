@@ -36,10 +36,29 @@ struct Seen {
     high_risk: bool,
 }
 
+/// What the gateway keeps of one tool version for its calls: the pinned
+/// annotations (for policies) and the compiled schemas (for validation).
+#[derive(Debug)]
+pub struct ToolInfo {
+    pub annotations: Option<Value>,
+    /// `Err`: the schema was refused at pin time; the tool is withheld.
+    pub schemas: Result<palisade_schema::ToolSchemas, palisade_schema::SchemaError>,
+}
+
+impl ToolInfo {
+    fn of(tool: &Value) -> ToolInfo {
+        ToolInfo {
+            annotations: tool.get("annotations").filter(|a| a.is_object()).cloned(),
+            schemas: palisade_schema::ToolSchemas::compile(tool),
+        }
+    }
+}
+
 /// The answer for one `tools/call`.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum CallCheck {
-    Allowed,
+    /// Allowed; the tool version's info when the gateway has seen it.
+    Allowed(Option<Arc<ToolInfo>>),
     /// Refused, with the message for the client.
     Refused(String),
     /// Never listed (or the server said its list changed): list first.
@@ -65,6 +84,7 @@ pub struct Integrity {
     /// Upstream → tool → latest version (nested, so a call looks up without allocating).
     seen: Mutex<HashMap<String, HashMap<String, Seen>>>,
     scans: Mutex<HashMap<Digest, (bool, Value)>>,
+    infos: Mutex<HashMap<Digest, Arc<ToolInfo>>>,
     stale: Mutex<Stale>,
     version: AtomicI64,
     default_mode: Mode,
@@ -113,6 +133,7 @@ impl Integrity {
             reads: Arc::new(Mutex::new(0)),
             seen: Mutex::new(HashMap::new()),
             scans: Mutex::new(HashMap::new()),
+            infos: Mutex::new(HashMap::new()),
             stale: Mutex::new(Stale::default()),
             version: AtomicI64::new(version),
             default_mode: mode_of(config.integrity.default_pinning),
@@ -255,7 +276,8 @@ impl Integrity {
             return CallCheck::Refused(refusal(tool, State::Quarantined));
         }
         if mode == Mode::Off {
-            return CallCheck::Allowed;
+            let info = self.seen(upstream, tool).and_then(|s| self.info_of(&s.digest));
+            return self.allowed(tool, info);
         }
         if self
             .stale
@@ -269,12 +291,59 @@ impl Integrity {
             return CallCheck::Unknown;
         };
         match snap.evaluate(mode, upstream, ItemKind::Tool, tool, &seen.digest, seen.high_risk) {
-            s if s.is_allowed() => CallCheck::Allowed,
+            s if s.is_allowed() => match self.info_of(&seen.digest) {
+                Some(info) => self.allowed(tool, Some(info)),
+                // Compiled when listed; forgotten (cache full): list again.
+                None => CallCheck::Unknown,
+            },
             s => {
                 self.refused_calls.inc();
                 CallCheck::Refused(refusal(tool, s))
             }
         }
+    }
+
+    fn allowed(&self, tool: &str, info: Option<Arc<ToolInfo>>) -> CallCheck {
+        if let Some(Err(e)) = info.as_ref().map(|i| &i.schemas) {
+            self.refused_calls.inc();
+            return CallCheck::Refused(format!("tool {tool:?} is unavailable: {e}"));
+        }
+        CallCheck::Allowed(info)
+    }
+
+    /// The info of the version of `tool` last seen on `upstream`.
+    pub fn tool_info(&self, upstream: &str, tool: &str) -> Option<Arc<ToolInfo>> {
+        self.seen(upstream, tool).and_then(|s| self.info_of(&s.digest))
+    }
+
+    fn info_of(&self, digest: &Digest) -> Option<Arc<ToolInfo>> {
+        self.infos.lock().ok()?.get(digest).cloned()
+    }
+
+    /// Compiles (once per version) what calls of this tool need.
+    fn learn(&self, upstream: &str, tool: &Value, digest: &Digest) -> Arc<ToolInfo> {
+        if let Some(hit) = self.info_of(digest) {
+            return hit;
+        }
+        let info = Arc::new(off_worker(|| ToolInfo::of(tool)));
+        if let Err(e) = &info.schemas {
+            let name = tool.get("name").and_then(|n| n.as_str()).unwrap_or("");
+            tracing::warn!(
+                target: "palisade::audit",
+                event = "tool.schema_rejected",
+                upstream,
+                tool = name,
+                error = %e,
+                "tool withheld: its schema was refused"
+            );
+        }
+        if let Ok(mut m) = self.infos.lock() {
+            if m.len() >= SCAN_CACHE {
+                m.clear();
+            }
+            m.insert(*digest, info.clone());
+        }
+        info
     }
 
     /// A call for a tool the server never listed, after re-listing.
@@ -287,14 +356,7 @@ impl Integrity {
         if let Some(hit) = self.scans.lock().ok().and_then(|m| m.get(digest).cloned()) {
             return hit;
         }
-        // CPU work (about 0.1 ms a tool): off the async worker where the runtime allows.
-        let multi = tokio::runtime::Handle::try_current()
-            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
-        let report = if multi {
-            tokio::task::block_in_place(|| scan_tool(tool))
-        } else {
-            scan_tool(tool)
-        };
+        let report = off_worker(|| scan_tool(tool));
         let out = (report.high_risk(), findings_json(&report));
         if let Ok(mut m) = self.scans.lock() {
             if m.len() >= SCAN_CACHE {
@@ -317,7 +379,8 @@ impl Integrity {
         };
         let mut kept = Vec::with_capacity(tools.len());
         let mut fresh: Vec<(usize, Observation)> = Vec::new();
-        let mut items: Vec<(Value, Option<State>)> = Vec::with_capacity(tools.len());
+        // (tool, state once decided, whether its schemas compiled)
+        let mut items: Vec<(Value, Option<State>, bool)> = Vec::with_capacity(tools.len());
         let snap = self.snapshot();
         let duplicates = if mode == Mode::Off {
             HashSet::new()
@@ -336,27 +399,36 @@ impl Integrity {
             if duplicates.contains(&name) {
                 continue;
             }
+            let digest = pin_tool(&tool);
+            let schema_ok = self.learn(upstream, &tool, &digest).schemas.is_ok();
             if mode == Mode::Off {
                 let state = if snap.is_quarantined(upstream, Some(&name)) {
                     State::Quarantined
                 } else {
                     State::Unpinned
                 };
-                items.push((tool, Some(state)));
+                self.remember(
+                    upstream,
+                    &name,
+                    Some(Seen {
+                        digest,
+                        high_risk: false,
+                    }),
+                );
+                items.push((tool, Some(state), schema_ok));
                 continue;
             }
-            let digest = pin_tool(&tool);
             match self.seen(upstream, &name) {
                 Some(s) if s.digest == digest => {
                     let state = snap.evaluate(mode, upstream, ItemKind::Tool, &name, &digest, s.high_risk);
-                    items.push((tool, Some(state)));
+                    items.push((tool, Some(state), schema_ok));
                 }
                 _ => {
                     let (high_risk, findings) = self.scan(&tool, &digest);
                     match Observation::tool(upstream, &tool, findings, high_risk) {
                         Some(obs) => {
                             fresh.push((items.len(), obs));
-                            items.push((tool, None));
+                            items.push((tool, None, schema_ok));
                         }
                         None => tracing::warn!(upstream, "tool could not be pinned; withheld"),
                     }
@@ -385,9 +457,10 @@ impl Integrity {
                 self.reload().await;
             }
         }
-        for (tool, state) in items {
+        for (tool, state, schema_ok) in items {
             match state {
-                Some(s) if s.is_allowed() => kept.push(tool),
+                // A refused schema is still pinned and scanned (an admin sees it), never served.
+                Some(s) if s.is_allowed() && schema_ok => kept.push(tool),
                 Some(s) => tracing::debug!(upstream, state = s.as_str(), "tool withheld from tools/list"),
                 None => {}
             }
@@ -490,6 +563,13 @@ impl Integrity {
             result.remove("instructions");
         }
     }
+}
+
+/// CPU work (about 0.1 ms a tool): off the async worker where the runtime allows.
+fn off_worker<T>(f: impl FnOnce() -> T) -> T {
+    let multi = tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+    if multi { tokio::task::block_in_place(f) } else { f() }
 }
 
 /// Names that occur more than once among `tools`.
@@ -599,7 +679,7 @@ mod tests {
         let started = i.listing_started();
         i.mark_stale("up");
         i.listed_all("up", started);
-        assert_eq!(i.check_call("up", "t"), CallCheck::Unknown);
+        assert!(matches!(i.check_call("up", "t"), CallCheck::Unknown));
         let again = i.listing_started();
         i.listed_all("up", again);
         assert!(i.stale.lock().expect("stale").upstreams.is_empty());

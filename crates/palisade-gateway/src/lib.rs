@@ -10,6 +10,8 @@
 
 pub mod admin;
 pub mod auth;
+pub mod calls;
+pub mod controls;
 pub mod forward;
 pub mod gateway;
 pub mod handlers;

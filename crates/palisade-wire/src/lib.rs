@@ -7,7 +7,9 @@
 
 mod limits;
 mod message;
+mod unique;
 pub mod version;
 
 pub use limits::{LimitError, Limits, prescan};
 pub use message::{DecodeError, ErrorObject, Id, Kind, Message, codes, error_response, parse_message};
+pub use unique::has_unique_keys;

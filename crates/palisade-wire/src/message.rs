@@ -24,6 +24,8 @@ pub mod codes {
     pub const OVERLOADED: i64 = -32003;
     /// Refused by a gateway policy or check.
     pub const FORBIDDEN: i64 = -32004;
+    /// Over a rate limit (HTTP 429 with `Retry-After`).
+    pub const RATE_LIMITED: i64 = -32005;
 }
 
 /// A JSON-RPC request id: a string or an integer, kept as its exact JSON text.

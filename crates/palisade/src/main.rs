@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
+mod policy_cmd;
 mod scan_cmd;
 mod tools_cmd;
 
@@ -72,6 +73,11 @@ enum Command {
     Scan {
         #[command(subcommand)]
         command: ScanCommand,
+    },
+    /// Authorization policies (Cedar): print the schema, check policy files, run decision cases.
+    Policy {
+        #[command(subcommand)]
+        command: policy_cmd::PolicyCommand,
     },
     /// The bundled demo MCP server on stdio (what `palisade demo` launches).
     #[command(hide = true)]
@@ -312,6 +318,7 @@ fn main() -> ExitCode {
             };
             let mut config = config;
             tools_cmd::resolve_store(&mut config, &config_path);
+            resolve_policy_dir(&mut config, &config_path);
             runtime.block_on(run(config, None))
         }
         Command::Token { command } => token_command(command),
@@ -328,6 +335,7 @@ fn main() -> ExitCode {
                     cross_server,
                 },
         } => scan_cmd::scan_tools(&file, &format, cross_server),
+        Command::Policy { command } => policy_cmd::run(command),
         Command::Demo { port } => {
             init_logging(&cli.log_format);
             let exe = match std::env::current_exe() {
@@ -459,6 +467,19 @@ fn sealer(config: &Config) -> Result<SessionSealer, String> {
     SessionSealer::new(keys, audience).map_err(|e| e.to_string())
 }
 
+/// A relative `policy.dir` is taken from the configuration file's folder.
+fn resolve_policy_dir(config: &mut Config, config_path: &std::path::Path) {
+    let Some(p) = config.policy.as_mut() else { return };
+    if std::path::Path::new(&p.dir).is_absolute() {
+        return;
+    }
+    let base = config_path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    p.dir = base.join(&p.dir).display().to_string();
+}
+
 async fn run(config: Config, demo: Option<()>) -> ExitCode {
     let listen: SocketAddr = config.server.listen;
     let sealer = match sealer(&config) {
@@ -530,7 +551,26 @@ async fn run(config: Config, demo: Option<()>) -> ExitCode {
         }
     };
     integrity.spawn_poller(std::time::Duration::from_millis(config.integrity.poll_interval_ms));
-    let gw: Arc<Gateway> = match Gateway::new(config, sealer, auth, creds, Some(integrity)) {
+    let policy_dir = config.policy.as_ref().map(|p| std::path::PathBuf::from(&p.dir));
+    let controls = match palisade_gateway::controls::Controls::build(&config, policy_dir.as_deref()).await {
+        Ok(c) => Arc::new(c),
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match (&controls.policy, &config.policy) {
+        (Some(p), Some(c)) => {
+            tracing::info!(policies = p.policy_count(), dir = %c.dir, "authorization policies loaded");
+            controls.spawn_policy_reload(std::time::Duration::from_millis(c.reload_interval_ms));
+        }
+        _ => tracing::warn!(
+            "no [policy] configured: authorization is off (every authenticated caller may use every tool)"
+        ),
+    }
+    palisade_state::spawn_maintenance(&controls.state, std::time::Duration::from_secs(10));
+    tracing::info!(backend = controls.state.name(), "shared state backend");
+    let gw: Arc<Gateway> = match Gateway::new(config, sealer, auth, creds, Some(integrity), Some(controls)) {
         Ok(g) => g,
         Err(e) => {
             eprintln!("error: {e}");

@@ -21,17 +21,6 @@ fn start(key_dir: &std::path::Path, extra_upstream: &str) -> Gateway {
     )
 }
 
-fn mint(gw: &Gateway, args: &[&str]) -> String {
-    let out = std::process::Command::new(palisade_bin())
-        .args(["token", "mint", "--config"])
-        .arg(gw.config_path())
-        .args(args)
-        .output()
-        .expect("run token mint");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
-}
-
 fn init_msg() -> Value {
     json!({"jsonrpc": "2.0", "id": 0, "method": "initialize",
            "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}})

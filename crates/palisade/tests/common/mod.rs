@@ -293,3 +293,15 @@ pub async fn post_streaming(url: &str, sid: &str, msg: &Value) -> reqwest::Respo
         .await
         .expect("request")
 }
+
+/// Mints a token from the gateway's development issuer (`palisade token mint`).
+pub fn mint(gw: &Gateway, args: &[&str]) -> String {
+    let out = Command::new(palisade_bin())
+        .args(["token", "mint", "--config"])
+        .arg(gw.config_path())
+        .args(args)
+        .output()
+        .expect("run token mint");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).expect("utf-8").trim().to_owned()
+}

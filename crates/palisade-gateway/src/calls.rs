@@ -1,0 +1,335 @@
+//! The checks of one `tools/call` before it goes upstream: step-up,
+//! integrity (pins), Cedar authorization with its obligations, argument
+//! validation against the pinned schema, and confirmation by the user.
+
+use std::sync::Arc;
+
+use axum::response::Response;
+use bytes::Bytes;
+use http::StatusCode;
+use palisade_policy::{Action, Resource};
+use palisade_wire::{Id, Message, codes};
+use serde_json::{Map, Value};
+use tokio::sync::mpsc;
+
+use crate::auth::Caller;
+use crate::controls::{Signal, Who, audit_decision, decide, principal_key};
+use crate::gateway::{Gateway, ServerReply, ServerRequest, to_raw};
+use crate::handlers::json_message;
+use crate::integrity::{CallCheck, ToolInfo};
+use crate::session::LiveSession;
+use crate::stream::StreamBuf;
+
+/// A call that the user must confirm before it runs.
+#[derive(Debug)]
+pub struct Confirm {
+    pub id: Id,
+    pub upstream: String,
+    pub tool: String,
+    pub arguments: Option<Value>,
+}
+
+#[derive(serde::Deserialize)]
+struct CallParams {
+    #[serde(default)]
+    arguments: Option<Value>,
+}
+
+fn error(id: &Id, code: i64, m: &str) -> Response {
+    json_message(StatusCode::OK, &Message::error(Some(id.clone()), code, m, None))
+}
+
+/// An MCP tool error: the call was understood and refused (the model may retry with other arguments).
+pub fn tool_error(id: &Id, text: &str) -> Message {
+    let result = serde_json::json!({
+        "content": [{ "type": "text", "text": text }],
+        "isError": true,
+    });
+    Message::response(id.clone(), to_raw(&result))
+}
+
+/// What a denied caller is told: the same as for a tool that does not exist.
+fn unknown_tool(tool: &str) -> String {
+    format!("tool {tool:?} is not available (not in the server's reviewed tool list)")
+}
+
+/// Runs every check of a `tools/call`; `Ok(Some(_))` when the user must confirm it.
+pub async fn check_call(
+    gw: &Arc<Gateway>,
+    sess: &Arc<LiveSession>,
+    caller: &Caller,
+    upstream: &str,
+    tool: &str,
+    msg: &Message,
+) -> Result<Option<Confirm>, Response> {
+    let Some(id) = msg.id.clone() else {
+        return Err(error(&Id::number(0), codes::INVALID_REQUEST, "request without id"));
+    };
+    let controls = &gw.controls;
+    let principal = principal_key(&caller.principal);
+    if let Err(r) = crate::auth::check_tool(gw, sess, caller, upstream, tool) {
+        controls.signal(&principal, Signal::AuthFailure);
+        return Err(r);
+    }
+    // Policies and the schema must judge the arguments the upstream will read.
+    if !msg
+        .params
+        .as_deref()
+        .is_some_and(|p| palisade_wire::has_unique_keys(p.get()))
+    {
+        return Err(error(
+            &id,
+            codes::INVALID_PARAMS,
+            "tools/call params must be a JSON object without duplicate keys",
+        ));
+    }
+    let arguments = msg
+        .params_as::<CallParams>()
+        .and_then(|p| p.arguments)
+        .filter(|a| !a.is_null());
+    let who = Who::of(sess);
+    let info = match integrity(gw, sess, upstream, tool).await {
+        Ok(info) => info,
+        Err(m) => {
+            controls.signal(&principal, Signal::Detection);
+            // A caller the policy would not let near the tool learns nothing about it.
+            if let Some(engine) = &controls.policy {
+                let d = decide(
+                    engine,
+                    &who,
+                    sess.route.key(),
+                    Action::CallTool,
+                    Resource::Tool {
+                        server: upstream,
+                        tool,
+                        annotations: None,
+                    },
+                    arguments.as_ref(),
+                );
+                if !d.allowed {
+                    return Err(error(&id, codes::INVALID_PARAMS, &unknown_tool(tool)));
+                }
+            }
+            return Err(error(&id, codes::INVALID_PARAMS, &m));
+        }
+    };
+    let mut needs_confirm = false;
+    if let Some(engine) = &controls.policy {
+        let annotations = info.as_ref().and_then(|i| i.annotations.as_ref());
+        let d = decide(
+            engine,
+            &who,
+            sess.route.key(),
+            Action::CallTool,
+            Resource::Tool {
+                server: upstream,
+                tool,
+                annotations,
+            },
+            arguments.as_ref(),
+        );
+        audit_decision(&who, Action::CallTool, &format!("{upstream}/{tool}"), &d);
+        if !d.allowed {
+            controls.metrics.denied.inc();
+            controls.signal(&principal, Signal::Denied);
+            return Err(error(&id, codes::INVALID_PARAMS, &unknown_tool(tool)));
+        }
+        let o = &d.obligations;
+        if !o.step_up_scopes.is_empty() || o.mfa {
+            let step = palisade_config::StepUp {
+                scopes: o.step_up_scopes.clone(),
+                acr: Vec::new(),
+                amr: if o.mfa { vec!["mfa".to_owned()] } else { Vec::new() },
+                max_age_s: None,
+            };
+            if let Err(r) = crate::auth::check_step(gw, sess, caller, &step) {
+                controls.signal(&principal, Signal::AuthFailure);
+                return Err(r);
+            }
+        }
+        needs_confirm = o.confirm;
+    }
+    if let Some(ToolInfo { schemas: Ok(s), .. }) = info.as_deref()
+        && let Err(e) = s.check_arguments(arguments.as_ref())
+    {
+        controls.metrics.invalid_arguments.inc();
+        controls.signal(&principal, Signal::Detection);
+        tracing::info!(
+            target: "palisade::audit",
+            event = "call.invalid_arguments",
+            upstream,
+            tool,
+            error = %e,
+            "arguments refused by the pinned inputSchema"
+        );
+        let text = format!("invalid arguments for tool {tool:?}: {e}");
+        return Err(json_message(StatusCode::OK, &tool_error(&id, &text)));
+    }
+    Ok(needs_confirm.then(|| Confirm {
+        id,
+        upstream: upstream.to_owned(),
+        tool: tool.to_owned(),
+        arguments,
+    }))
+}
+
+/// Held, quarantined and never-listed tools are refused before anything is sent upstream.
+async fn integrity(
+    gw: &Gateway,
+    sess: &LiveSession,
+    upstream: &str,
+    tool: &str,
+) -> Result<Option<Arc<ToolInfo>>, String> {
+    match gw.integrity.check_call(upstream, tool) {
+        CallCheck::Allowed(info) => return Ok(info),
+        CallCheck::Refused(m) => return Err(m),
+        CallCheck::Unknown => {}
+    }
+    crate::forward::relist_tools(gw, sess, upstream).await;
+    match gw.integrity.check_call(upstream, tool) {
+        CallCheck::Allowed(info) => Ok(info),
+        CallCheck::Refused(m) => Err(m),
+        CallCheck::Unknown => Err(gw.integrity.refuse_unlisted(tool)),
+    }
+}
+
+/// Largest argument text shown to the user in a confirmation.
+const MAX_SHOWN: usize = 2000;
+
+fn confirmation_text(c: &Confirm) -> String {
+    let mut args = match &c.arguments {
+        Some(a) => serde_json::to_string_pretty(a).unwrap_or_default(),
+        None => "(none)".to_owned(),
+    };
+    if args.len() > MAX_SHOWN {
+        let mut end = MAX_SHOWN;
+        while !args.is_char_boundary(end) {
+            end -= 1;
+        }
+        args.truncate(end);
+        args.push_str("\n… (truncated)");
+    }
+    format!(
+        "Palisade: allow the tool \"{}\" on server \"{}\" to run with these arguments?\n{}",
+        c.tool, c.upstream, args
+    )
+}
+
+/// Removes a pending confirmation however the wait ends.
+struct Pending<'a> {
+    gw: &'a Gateway,
+    id: u64,
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut m) = self.gw.server_requests.lock() {
+            m.remove(&self.id);
+        }
+    }
+}
+
+/// Asks the user through MCP elicitation; true on an explicit accept. On
+/// anything else the request's stream is finished with a tool error.
+pub async fn confirmed(gw: &Arc<Gateway>, sess: &Arc<LiveSession>, stream: &Arc<StreamBuf>, c: &Confirm) -> bool {
+    let record = |text: &str, accepted: bool| {
+        if accepted {
+            gw.controls.metrics.confirmations_accepted.inc();
+        } else {
+            gw.controls.metrics.confirmations_refused.inc();
+        }
+        tracing::info!(
+            target: "palisade::audit",
+            event = if accepted { "call.confirmed" } else { "call.not_confirmed" },
+            upstream = %c.upstream,
+            tool = %c.tool,
+            outcome = text,
+            "confirmation"
+        );
+    };
+    if sess.stateless || !sess.caps.elicitation {
+        record("client cannot elicit", false);
+        stream.finish(&tool_error(
+            &c.id,
+            &format!(
+                "tool {:?} needs the user's confirmation, and this client does not support elicitation; the call was not made",
+                c.tool
+            ),
+        ));
+        return false;
+    }
+    let gw_id = gw.next_id();
+    let (tx, mut rx) = mpsc::channel::<Message>(1);
+    let full = gw
+        .server_requests
+        .lock()
+        .map(|mut m| {
+            if m.len() >= crate::gateway::MAX_SERVER_REQUESTS {
+                return true;
+            }
+            m.insert(
+                gw_id,
+                ServerRequest {
+                    sid: sess.sid.clone(),
+                    upstream: String::new(),
+                    reply: ServerReply::Gateway(tx),
+                    original: Id::number(gw_id),
+                    method: "elicitation/create".into(),
+                },
+            );
+            false
+        })
+        .unwrap_or(true);
+    if full {
+        record("too many pending requests", false);
+        stream.finish(&Message::error(
+            Some(c.id.clone()),
+            codes::OVERLOADED,
+            "too many pending confirmations; retry later",
+            None,
+        ));
+        return false;
+    }
+    let _pending = Pending { gw, id: gw_id };
+    let mut schema_props = Map::new();
+    schema_props.insert(
+        "confirm".into(),
+        serde_json::json!({ "type": "boolean", "title": "Allow this call", "default": false }),
+    );
+    let params = serde_json::json!({
+        "message": confirmation_text(c),
+        "requestedSchema": { "type": "object", "properties": schema_props, "required": ["confirm"] },
+    });
+    let request = Message::request(Id::number(gw_id), "elicitation/create", Some(to_raw(&params)));
+    stream.push(Bytes::from(request.to_bytes()));
+    let answer = tokio::time::timeout(gw.controls.confirm_timeout, rx.recv()).await;
+    let outcome = match answer {
+        Err(_) => Err("no answer in time"),
+        Ok(None) => Err("the session ended"),
+        Ok(Some(m)) => match m.result_as::<Value>() {
+            None => Err("the client answered with an error"),
+            Some(r) => {
+                let action = r.get("action").and_then(Value::as_str).unwrap_or("");
+                let yes = r.pointer("/content/confirm").and_then(Value::as_bool) == Some(true);
+                match (action, yes) {
+                    ("accept", true) => Ok(()),
+                    ("accept", false) => Err("the user did not tick the confirmation"),
+                    ("decline", _) => Err("the user declined"),
+                    ("cancel", _) => Err("the user cancelled"),
+                    _ => Err("the client's answer could not be read"),
+                }
+            }
+        },
+    };
+    match outcome {
+        Ok(()) => {
+            record("accepted", true);
+            true
+        }
+        Err(why) => {
+            record(why, false);
+            stream.finish(&tool_error(&c.id, &format!("tool {:?} was not run: {why}", c.tool)));
+            false
+        }
+    }
+}
