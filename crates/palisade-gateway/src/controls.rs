@@ -434,6 +434,27 @@ pub fn decide(
     d
 }
 
+/// Obligations of a decision outside `tools/call` (which answers them with
+/// challenges and elicitation): met by the token as it is, or the request is
+/// refused. Fail closed: a confirmation cannot be asked there.
+pub fn obligations_met(who: &Who, o: &palisade_policy::Obligations) -> Result<(), String> {
+    if o.confirm {
+        return Err("needs the user's confirmation, which is only asked for tools/call".into());
+    }
+    let (scopes, mfa): (&[String], bool) = match &who.identity {
+        Some(id) => (&id.scopes, id.amr.iter().any(|a| a == "mfa")),
+        None => (&[], false),
+    };
+    if o.mfa && !mfa {
+        return Err("needs multi-factor authentication (step-up)".into());
+    }
+    let missing = o.missing_scopes(scopes);
+    if !missing.is_empty() {
+        return Err(format!("needs the scopes {}", missing.join(" ")));
+    }
+    Ok(())
+}
+
 /// Audits a decision (denials always; allows at debug level).
 pub fn audit_decision(who: &Who, action: Action, target: &str, d: &Decision) {
     if d.allowed {
@@ -489,6 +510,11 @@ pub fn filter_list_items(
     );
     if !listed.allowed {
         audit_decision(who, list_action, upstream, &listed);
+        items.clear();
+        return;
+    }
+    if let Err(why) = obligations_met(who, &listed.obligations) {
+        tracing::info!(target: "palisade::audit", event = "authz.obligation_unmet", upstream, action = list_action.cedar_id(), why = %why, "list withheld");
         items.clear();
         return;
     }

@@ -466,8 +466,13 @@ fn authorize_forward(gw: &Arc<Gateway>, sess: &LiveSession, upstream: &str, msg:
         .and_then(|mut p| p.remove("arguments"));
     let d = crate::controls::decide(engine, &who, sess.route.key(), action, resource, arguments.as_ref());
     crate::controls::audit_decision(&who, action, upstream, &d);
-    if d.allowed {
+    if d.allowed && action == Action::Ping {
+        // Connecting is never held to obligations (nothing is read or run).
         return Ok(());
+    }
+    if d.allowed {
+        return crate::controls::obligations_met(&who, &d.obligations)
+            .map_err(|why| format!("{method:?} on {upstream:?} {why}"));
     }
     gw.controls.metrics.denied.inc();
     gw.controls.signal(

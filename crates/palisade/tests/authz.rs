@@ -214,11 +214,27 @@ async fn an_mfa_obligation_is_a_step_up_challenge() {
     let plain = mint(&s.gw, &["--sub", "root", "--group", "admins"]);
     let strong = mint(&s.gw, &["--sub", "root", "--group", "admins", "--amr", "mfa"]);
     let sid = open(&url, &plain).await;
+    // Obligations hold outside tools/call too: without MFA the admin's list is withheld
+    // and reading a resource is refused.
+    let t = send(&url, &plain, Some(&sid), &list(10, "tools/list")).await;
+    assert!(names(&t, "tools").is_empty(), "{}", t.body);
+    let read = json!({"jsonrpc": "2.0", "id": 11, "method": "resources/read", "params": {"uri": "demo://readme"}});
+    let r = send(&url, &plain, Some(&sid), &read).await;
+    assert!(
+        r.response()["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("multi-factor"),
+        "{}",
+        r.body
+    );
     let r = send(&url, &plain, Some(&sid), &call(1, "add", json!({"a": 1, "b": 2}))).await;
     assert_eq!(r.status, 401, "{}", r.body);
     let challenge = r.header("www-authenticate").unwrap_or_default();
     assert!(challenge.contains("insufficient_user_authentication"), "{challenge}");
     let sid2 = open(&url, &strong).await;
+    let t = send(&url, &strong, Some(&sid2), &list(12, "tools/list")).await;
+    assert_eq!(names(&t, "tools").len(), 4, "{}", t.body);
     let r = send(&url, &strong, Some(&sid2), &call(2, "add", json!({"a": 1, "b": 2}))).await;
     assert_eq!(r.response()["result"]["content"][0]["text"], "3", "{}", r.body);
 }
