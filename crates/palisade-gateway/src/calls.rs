@@ -88,35 +88,8 @@ pub async fn check_call(
         .and_then(|p| p.arguments)
         .filter(|a| !a.is_null());
     let who = Who::of(sess);
-    let info = match integrity(gw, sess, upstream, tool).await {
-        Ok(info) => info,
-        Err(m) => {
-            controls.signal(&principal, Signal::Detection);
-            // A caller the policy would not let near the tool learns nothing about it.
-            if let Some(engine) = &controls.policy {
-                let d = decide(
-                    engine,
-                    &who,
-                    sess.route.key(),
-                    Action::CallTool,
-                    Resource::Tool {
-                        server: upstream,
-                        tool,
-                        annotations: None,
-                    },
-                    arguments.as_ref(),
-                );
-                if !d.allowed {
-                    return Err(error(&id, codes::INVALID_PARAMS, &unknown_tool(tool)));
-                }
-            }
-            return Err(error(&id, codes::INVALID_PARAMS, &m));
-        }
-    };
-    let mut needs_confirm = false;
-    if let Some(engine) = &controls.policy {
-        let annotations = info.as_ref().and_then(|i| i.annotations.as_ref());
-        let d = decide(
+    let decide_call = |engine: &palisade_policy::PolicyEngine, annotations: Option<&Value>| {
+        decide(
             engine,
             &who,
             sess.route.key(),
@@ -127,7 +100,24 @@ pub async fn check_call(
                 annotations,
             },
             arguments.as_ref(),
-        );
+        )
+    };
+    let info = match integrity(gw, sess, upstream, tool).await {
+        Ok(info) => info,
+        Err(m) => {
+            controls.signal(&principal, Signal::Detection);
+            // A caller the policy would not let near the tool learns nothing about it.
+            if let Some(engine) = &controls.policy
+                && !decide_call(engine, None).allowed
+            {
+                return Err(error(&id, codes::INVALID_PARAMS, &unknown_tool(tool)));
+            }
+            return Err(error(&id, codes::INVALID_PARAMS, &m));
+        }
+    };
+    let mut needs_confirm = false;
+    if let Some(engine) = &controls.policy {
+        let d = decide_call(engine, info.as_ref().and_then(|i| i.annotations.as_ref()));
         audit_decision(&who, Action::CallTool, &format!("{upstream}/{tool}"), &d);
         if !d.allowed {
             controls.metrics.denied.inc();

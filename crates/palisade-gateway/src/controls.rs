@@ -520,51 +520,34 @@ pub fn filter_list_items(
     }
     items.retain(|item| {
         let text = |k: &str| item.get(k).and_then(Value::as_str);
-        let d = match key {
-            "tools" => {
-                let Some(name) = text("name") else { return false };
-                // The served annotations: a listed tool is the pinned version.
-                decide(
-                    engine,
-                    who,
-                    route,
+        let (action, resource) = match key {
+            // The served annotations: a listed tool is the pinned version.
+            "tools" => match text("name") {
+                Some(tool) => (
                     Action::CallTool,
                     Resource::Tool {
                         server: upstream,
-                        tool: name,
+                        tool,
                         annotations: item.get("annotations"),
                     },
-                    None,
-                )
-            }
-            "resources" | "resourceTemplates" => {
-                let Some(uri) = text("uri").or_else(|| text("uriTemplate")) else {
-                    return false;
-                };
-                decide(
-                    engine,
-                    who,
-                    route,
-                    Action::ReadResource,
-                    Resource::Resource { server: upstream, uri },
-                    None,
-                )
-            }
-            _ => {
-                let Some(name) = text("name") else { return false };
-                decide(
-                    engine,
-                    who,
-                    route,
+                ),
+                None => return false,
+            },
+            "resources" | "resourceTemplates" => match text("uri").or_else(|| text("uriTemplate")) {
+                Some(uri) => (Action::ReadResource, Resource::Resource { server: upstream, uri }),
+                None => return false,
+            },
+            _ => match text("name") {
+                Some(prompt) => (
                     Action::GetPrompt,
                     Resource::Prompt {
                         server: upstream,
-                        prompt: name,
+                        prompt,
                     },
-                    None,
-                )
-            }
+                ),
+                None => return false,
+            },
         };
-        d.allowed
+        decide(engine, who, route, action, resource, None).allowed
     });
 }

@@ -759,6 +759,7 @@ pub async fn handle_request(gw: Arc<Gateway>, sess: Arc<LiveSession>, caller: &C
         return json_error(StatusCode::BAD_REQUEST, codes::INVALID_REQUEST, "request without id");
     };
     let mut confirm: Option<crate::calls::Confirm> = None;
+    let principal = crate::controls::principal_key(&caller.principal);
     match tool_target(&gw, &sess, &msg) {
         Err(()) => {
             // Fail closed: a name the gateway cannot read unambiguously (duplicate keys,
@@ -775,7 +776,6 @@ pub async fn handle_request(gw: Arc<Gateway>, sess: Arc<LiveSession>, caller: &C
             );
         }
         Ok(target) => {
-            let principal = crate::controls::principal_key(&caller.principal);
             let upstream = match (&target, &sess.route) {
                 (Some((u, _)), _) => Some(u.as_str()),
                 (None, Route::Single(u)) => Some(u.as_str()),
@@ -813,20 +813,18 @@ pub async fn handle_request(gw: Arc<Gateway>, sess: Arc<LiveSession>, caller: &C
     record_subscription(&sess, &msg);
     let plan = plan(&gw, &sess, msg);
     let busy = match &plan {
-        Plan::Forward { .. } | Plan::FanOut { .. } => {
-            match gw.controls.acquire(&crate::controls::principal_key(&caller.principal)) {
-                Some(b) => Some(b),
-                None => {
-                    stream.finish(&Message::error(
-                        Some(client_id),
-                        codes::OVERLOADED,
-                        "too many calls in flight for this user; retry later",
-                        None,
-                    ));
-                    return respond_from_stream(&gw, &sess, stream, None).await;
-                }
+        Plan::Forward { .. } | Plan::FanOut { .. } => match gw.controls.acquire(&principal) {
+            Some(b) => Some(b),
+            None => {
+                stream.finish(&Message::error(
+                    Some(client_id),
+                    codes::OVERLOADED,
+                    "too many calls in flight for this user; retry later",
+                    None,
+                ));
+                return respond_from_stream(&gw, &sess, stream, None).await;
             }
-        }
+        },
         _ => None,
     };
     match plan {
