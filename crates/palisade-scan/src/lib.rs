@@ -13,7 +13,7 @@
 
 pub mod format;
 mod rules;
-mod text;
+pub mod text;
 mod tool;
 
 use serde::Serialize;
