@@ -296,6 +296,10 @@ pub(crate) fn validate_upstream(
     errs: &mut Vec<ConfigError>,
 ) {
     validate_levels(&format!("{key}.limits."), &up.limits, errs);
+    crate::inspect::validate_labels(&format!("{key}.capabilities"), line, &up.capabilities, errs);
+    for (tool, labels) in &up.tool_capabilities {
+        crate::inspect::validate_labels(&format!("{key}.tool_capabilities.{tool}"), line, labels, errs);
+    }
     for (tool, ms) in &up.tool_timeouts_ms {
         if *ms == 0 {
             errs.push(err_at(

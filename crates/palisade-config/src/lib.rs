@@ -13,8 +13,10 @@ use toml::Spanned;
 
 mod auth;
 mod controls;
+mod inspect;
 pub use auth::*;
 pub use controls::*;
+pub use inspect::*;
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Deserialize)]
@@ -45,6 +47,9 @@ pub struct Config {
     /// Where state shared by replicas lives.
     #[serde(default)]
     pub state: StateConfig,
+    /// Content inspection: injection, secrets, PII, spotlighting, toxic flows.
+    #[serde(default)]
+    pub inspect: InspectConfig,
 }
 
 /// `[integrity]`: tool pins, rug-pull holds and the tool-poisoning scan (J2).
@@ -285,6 +290,13 @@ pub struct UpstreamConfig {
     /// Per-tool timeouts (upstream tool name → ms); other tools use `request_timeout_ms`.
     #[serde(default)]
     pub tool_timeouts_ms: BTreeMap<String, u64>,
+    /// Flow labels of every tool of this upstream (J5): `private_data`,
+    /// `untrusted_content`, `external_communication`.
+    #[serde(default)]
+    pub capabilities: Vec<String>,
+    /// Flow labels per tool (upstream tool name), added to `capabilities`.
+    #[serde(default)]
+    pub tool_capabilities: BTreeMap<String, Vec<String>>,
 }
 
 fn yes() -> bool {
@@ -562,6 +574,8 @@ impl Config {
         }
         self.validate_auth(&mut errs);
         validate_controls(self.policy.as_ref(), &self.limits, &self.state, &mut errs);
+        let names: Vec<&str> = self.upstreams.keys().map(String::as_str).collect();
+        validate_inspect(&self.inspect, &names, &mut errs);
         if let Some(t) = &s.tls {
             validate_tls("server.tls", t, &mut errs);
         }

@@ -27,6 +27,10 @@ pub struct Confirm {
     pub upstream: String,
     pub tool: String,
     pub arguments: Option<Value>,
+    /// Why the user is asked (a policy, a toxic flow, a content finding).
+    pub reasons: Vec<String>,
+    /// What was asked about: the call (`false`) or its result (`true`).
+    pub for_result: bool,
 }
 
 #[derive(serde::Deserialize)]
@@ -60,7 +64,7 @@ pub async fn check_call(
     caller: &Caller,
     upstream: &str,
     tool: &str,
-    msg: &Message,
+    msg: &mut Message,
 ) -> Result<Option<Confirm>, Response> {
     let Some(id) = msg.id.clone() else {
         return Err(error(&Id::number(0), codes::INVALID_REQUEST, "request without id"));
@@ -155,12 +159,57 @@ pub async fn check_call(
         let text = format!("invalid arguments for tool {tool:?}: {e}");
         return Err(json_message(StatusCode::OK, &tool_error(&id, &text)));
     }
-    Ok(needs_confirm.then(|| Confirm {
+    let mut reasons = Vec::new();
+    if needs_confirm {
+        reasons.push("a policy asks for confirmation of this tool".to_owned());
+    }
+    let mut arguments = arguments;
+    if let Some(insp) = &controls.inspect {
+        let labels = insp.labels_of(upstream, tool, info.as_ref().and_then(|i| i.annotations.as_ref()));
+        let flow = sess.flow.lock().map(|f| *f).unwrap_or_default();
+        match insp.check_flow(flow, labels) {
+            Err(why) => {
+                controls.signal(&principal, Signal::Detection);
+                let text = format!("Palisade blocked this call to {tool:?}: {why}");
+                return Err(json_message(StatusCode::OK, &tool_error(&id, &text)));
+            }
+            Ok(Some(why)) => reasons.push(why),
+            Ok(None) => {}
+        }
+        if let Some(args) = arguments.as_mut() {
+            let o = insp.inspect_arguments(upstream, tool, args);
+            if let Some(why) = o.block {
+                controls.signal(&principal, Signal::Detection);
+                let text = format!(
+                    "Palisade blocked this call to {tool:?}: its arguments carry {why}, which may not be sent to server {upstream:?}"
+                );
+                return Err(json_message(StatusCode::OK, &tool_error(&id, &text)));
+            }
+            if let Some(why) = o.confirm {
+                reasons.push(format!("the arguments carry {why}"));
+            }
+            if o.changed {
+                set_arguments(msg, args);
+            }
+        }
+    }
+    Ok((!reasons.is_empty()).then(|| Confirm {
         id,
         upstream: upstream.to_owned(),
         tool: tool.to_owned(),
         arguments,
+        reasons,
+        for_result: false,
     }))
+}
+
+/// Replaces `params.arguments` (after redaction).
+fn set_arguments(msg: &mut Message, args: &Value) {
+    let Some(mut params) = msg.params_as::<Map<String, Value>>() else {
+        return;
+    };
+    params.insert("arguments".into(), args.clone());
+    msg.params = Some(to_raw(&Value::Object(params)));
 }
 
 /// Held, quarantined and never-listed tools are refused before anything is sent upstream.
@@ -199,9 +248,20 @@ fn confirmation_text(c: &Confirm) -> String {
         args.truncate(end);
         args.push_str("\n… (truncated)");
     }
+    let why = if c.reasons.is_empty() {
+        String::new()
+    } else {
+        format!("\nWhy you are asked: {}.", c.reasons.join("; "))
+    };
+    if c.for_result {
+        return format!(
+            "Palisade: the result of tool \"{}\" on server \"{}\" was flagged. Pass it to the assistant?{}",
+            c.tool, c.upstream, why
+        );
+    }
     format!(
-        "Palisade: allow the tool \"{}\" on server \"{}\" to run with these arguments?\n{}",
-        c.tool, c.upstream, args
+        "Palisade: allow the tool \"{}\" on server \"{}\" to run with these arguments?{}\n{}",
+        c.tool, c.upstream, why, args
     )
 }
 
@@ -219,107 +279,129 @@ impl Drop for Pending<'_> {
     }
 }
 
+fn record_confirmation(gw: &Gateway, c: &Confirm, text: &str, accepted: bool) {
+    if accepted {
+        gw.controls.metrics.confirmations_accepted.inc();
+    } else {
+        gw.controls.metrics.confirmations_refused.inc();
+    }
+    tracing::info!(
+        target: "palisade::audit",
+        event = if accepted { "call.confirmed" } else { "call.not_confirmed" },
+        upstream = %c.upstream,
+        tool = %c.tool,
+        result = c.for_result,
+        outcome = text,
+        "confirmation"
+    );
+}
+
 /// Asks the user through MCP elicitation; true on an explicit accept. On
 /// anything else the request's stream is finished with a tool error.
-pub async fn confirmed(gw: &Arc<Gateway>, sess: &Arc<LiveSession>, stream: &Arc<StreamBuf>, c: &Confirm) -> bool {
-    let record = |text: &str, accepted: bool| {
-        if accepted {
-            gw.controls.metrics.confirmations_accepted.inc();
-        } else {
-            gw.controls.metrics.confirmations_refused.inc();
+/// Boxed as a `Send` future with one lifetime: nested in `forward`, an
+/// `async fn` here trips the compiler's higher-ranked `Send` inference.
+pub fn confirmed<'a>(
+    gw: &'a Arc<Gateway>,
+    sess: &'a Arc<LiveSession>,
+    stream: &'a Arc<StreamBuf>,
+    c: &'a Confirm,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send + 'a>> {
+    Box::pin(async move {
+        if sess.stateless || !sess.caps.elicitation {
+            record_confirmation(gw, c, "client cannot elicit", false);
+            let text = if c.for_result {
+                format!(
+                    "the result of tool {:?} needs the user's confirmation ({}), and this client does not support elicitation; it was withheld",
+                    c.tool,
+                    c.reasons.join("; ")
+                )
+            } else {
+                format!(
+                    "tool {:?} needs the user's confirmation, and this client does not support elicitation; the call was not made",
+                    c.tool
+                )
+            };
+            stream.finish(&tool_error(&c.id, &text));
+            return false;
         }
-        tracing::info!(
-            target: "palisade::audit",
-            event = if accepted { "call.confirmed" } else { "call.not_confirmed" },
-            upstream = %c.upstream,
-            tool = %c.tool,
-            outcome = text,
-            "confirmation"
-        );
-    };
-    if sess.stateless || !sess.caps.elicitation {
-        record("client cannot elicit", false);
-        stream.finish(&tool_error(
-            &c.id,
-            &format!(
-                "tool {:?} needs the user's confirmation, and this client does not support elicitation; the call was not made",
-                c.tool
-            ),
-        ));
-        return false;
-    }
-    let gw_id = gw.next_id();
-    let (tx, mut rx) = mpsc::channel::<Message>(1);
-    let full = gw
-        .server_requests
-        .lock()
-        .map(|mut m| {
-            if m.len() >= crate::gateway::MAX_SERVER_REQUESTS {
-                return true;
-            }
-            m.insert(
-                gw_id,
-                ServerRequest {
-                    sid: sess.sid.clone(),
-                    upstream: String::new(),
-                    reply: ServerReply::Gateway(tx),
-                    original: Id::number(gw_id),
-                    method: "elicitation/create".into(),
-                },
-            );
-            false
-        })
-        .unwrap_or(true);
-    if full {
-        record("too many pending requests", false);
-        stream.finish(&Message::error(
-            Some(c.id.clone()),
-            codes::OVERLOADED,
-            "too many pending confirmations; retry later",
-            None,
-        ));
-        return false;
-    }
-    let _pending = Pending { gw, id: gw_id };
-    let mut schema_props = Map::new();
-    schema_props.insert(
-        "confirm".into(),
-        serde_json::json!({ "type": "boolean", "title": "Allow this call", "default": false }),
-    );
-    let params = serde_json::json!({
-        "message": confirmation_text(c),
-        "requestedSchema": { "type": "object", "properties": schema_props, "required": ["confirm"] },
-    });
-    let request = Message::request(Id::number(gw_id), "elicitation/create", Some(to_raw(&params)));
-    stream.push(Bytes::from(request.to_bytes()));
-    let answer = tokio::time::timeout(gw.controls.confirm_timeout, rx.recv()).await;
-    let outcome = match answer {
-        Err(_) => Err("no answer in time"),
-        Ok(None) => Err("the session ended"),
-        Ok(Some(m)) => match m.result_as::<Value>() {
-            None => Err("the client answered with an error"),
-            Some(r) => {
-                let action = r.get("action").and_then(Value::as_str).unwrap_or("");
-                let yes = r.pointer("/content/confirm").and_then(Value::as_bool) == Some(true);
-                match (action, yes) {
-                    ("accept", true) => Ok(()),
-                    ("accept", false) => Err("the user did not tick the confirmation"),
-                    ("decline", _) => Err("the user declined"),
-                    ("cancel", _) => Err("the user cancelled"),
-                    _ => Err("the client's answer could not be read"),
+        let gw_id = gw.next_id();
+        let (tx, mut rx) = mpsc::channel::<Message>(1);
+        let full = gw
+            .server_requests
+            .lock()
+            .map(|mut m| {
+                if m.len() >= crate::gateway::MAX_SERVER_REQUESTS {
+                    return true;
                 }
+                m.insert(
+                    gw_id,
+                    ServerRequest {
+                        sid: sess.sid.clone(),
+                        upstream: String::new(),
+                        reply: ServerReply::Gateway(tx),
+                        original: Id::number(gw_id),
+                        method: "elicitation/create".into(),
+                    },
+                );
+                false
+            })
+            .unwrap_or(true);
+        if full {
+            record_confirmation(gw, c, "too many pending requests", false);
+            stream.finish(&Message::error(
+                Some(c.id.clone()),
+                codes::OVERLOADED,
+                "too many pending confirmations; retry later",
+                None,
+            ));
+            return false;
+        }
+        let _pending = Pending { gw, id: gw_id };
+        let mut schema_props = Map::new();
+        schema_props.insert(
+            "confirm".into(),
+            serde_json::json!({ "type": "boolean", "title": "Allow this call", "default": false }),
+        );
+        let params = serde_json::json!({
+            "message": confirmation_text(c),
+            "requestedSchema": { "type": "object", "properties": schema_props, "required": ["confirm"] },
+        });
+        let request = Message::request(Id::number(gw_id), "elicitation/create", Some(to_raw(&params)));
+        stream.push(Bytes::from(request.to_bytes()));
+        let answer = tokio::time::timeout(gw.controls.confirm_timeout, rx.recv()).await;
+        let outcome = match answer {
+            Err(_) => Err("no answer in time"),
+            Ok(None) => Err("the session ended"),
+            Ok(Some(m)) => match m.result_as::<Value>() {
+                None => Err("the client answered with an error"),
+                Some(r) => {
+                    let action = r.get("action").and_then(Value::as_str).unwrap_or("");
+                    let yes = r.pointer("/content/confirm").and_then(Value::as_bool) == Some(true);
+                    match (action, yes) {
+                        ("accept", true) => Ok(()),
+                        ("accept", false) => Err("the user did not tick the confirmation"),
+                        ("decline", _) => Err("the user declined"),
+                        ("cancel", _) => Err("the user cancelled"),
+                        _ => Err("the client's answer could not be read"),
+                    }
+                }
+            },
+        };
+        match outcome {
+            Ok(()) => {
+                record_confirmation(gw, c, "accepted", true);
+                true
             }
-        },
-    };
-    match outcome {
-        Ok(()) => {
-            record("accepted", true);
-            true
+            Err(why) => {
+                record_confirmation(gw, c, why, false);
+                let text = if c.for_result {
+                    format!("the result of tool {:?} was withheld: {why}", c.tool)
+                } else {
+                    format!("tool {:?} was not run: {why}", c.tool)
+                };
+                stream.finish(&tool_error(&c.id, &text));
+                false
+            }
         }
-        Err(why) => {
-            record(why, false);
-            stream.finish(&tool_error(&c.id, &format!("tool {:?} was not run: {why}", c.tool)));
-            false
-        }
-    }
+    })
 }

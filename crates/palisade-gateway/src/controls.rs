@@ -42,6 +42,8 @@ pub struct Controls {
     busy: Mutex<HashMap<String, usize>>,
     pub confirm_timeout: Duration,
     pub metrics: ControlMetrics,
+    /// Content inspection; `None` when `[inspect] enabled = false`.
+    pub inspect: Option<Arc<crate::inspect::Inspector>>,
 }
 
 impl std::fmt::Debug for Controls {
@@ -60,6 +62,15 @@ pub enum Limited {
     Rate { level: &'static str, retry_after: Duration },
     /// The state backend could not answer and the control fails closed.
     Unavailable,
+}
+
+/// The inspector of `config` without a gitleaks file or remote detector
+/// (tests and embedded use; `serve` builds the full one).
+fn local_inspector(config: &Config) -> Result<Option<Arc<crate::inspect::Inspector>>, String> {
+    if !config.inspect.enabled {
+        return Ok(None);
+    }
+    Ok(Some(Arc::new(crate::inspect::Inspector::new(config, None, None)?)))
 }
 
 /// Server attributes for policies, from the configuration.
@@ -90,12 +101,24 @@ fn rate(r: &RateConfig) -> Rate {
 impl Controls {
     /// Controls with in-process state and no policy (tests and embedded use).
     pub fn local(config: &Config) -> Controls {
-        Controls::with(config, None, Backend::local())
+        let mut c = Controls::with(config, None, Backend::local());
+        c.inspect = match local_inspector(config) {
+            Ok(i) => i,
+            Err(e) => {
+                tracing::error!(error = %e, "content inspection could not be built");
+                None
+            }
+        };
+        c
     }
 
     /// Builds the configured controls: the policy folder (`policy_dir`
     /// already resolved against the configuration's folder) and the backend.
-    pub async fn build(config: &Config, policy_dir: Option<&std::path::Path>) -> Result<Controls, String> {
+    pub async fn build(
+        config: &Config,
+        policy_dir: Option<&std::path::Path>,
+        inspect: Option<Arc<crate::inspect::Inspector>>,
+    ) -> Result<Controls, String> {
         let policy = match policy_dir {
             Some(dir) => Some(Arc::new(
                 PolicyEngine::load_dir(dir, server_infos(config)).map_err(|e| format!("policy: {e}"))?,
@@ -113,7 +136,9 @@ impl Controls {
             .await
             .map_err(|e| format!("state: {e}"))?,
         };
-        Ok(Controls::with(config, policy, state))
+        let mut c = Controls::with(config, policy, state);
+        c.inspect = inspect;
+        Ok(c)
     }
 
     fn with(config: &Config, policy: Option<Arc<PolicyEngine>>, state: Backend) -> Controls {
@@ -134,6 +159,7 @@ impl Controls {
             busy: Mutex::new(HashMap::new()),
             confirm_timeout: Duration::from_millis(config.policy.as_ref().map_or(120_000, |p| p.confirm_timeout_ms)),
             metrics: ControlMetrics::default(),
+            inspect: None,
         }
     }
 

@@ -377,6 +377,21 @@ pub async fn forward(
                 policy_filter_response(&gw, &sess, &upstream, key, &mut resp);
             }
             check_answer(&gw, &upstream, called.as_deref(), &client_id, &mut resp);
+            if resp.result.is_some()
+                && !crate::inspect::on_answer(
+                    &gw,
+                    &sess,
+                    &upstream,
+                    &method,
+                    called.as_deref(),
+                    &client_id,
+                    &mut resp,
+                    &stream,
+                )
+                .await
+            {
+                return;
+            }
             resp.id = Some(client_id);
             if sess.stateless {
                 ensure_result_type(&mut resp);

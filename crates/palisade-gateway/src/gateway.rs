@@ -630,6 +630,13 @@ fn relay_server_request(
         );
         return;
     }
+    if let Some(insp) = &gw.controls.inspect
+        && let Err(why) = crate::inspect::on_server_request(insp, &sess.sid, upstream, &mut msg)
+    {
+        tracing::warn!(target: "palisade::audit", event = "inspect.server_request_refused", upstream, method = %method, reason = %why, "server request refused");
+        answer_upstream(link, Message::error(Some(original), codes::FORBIDDEN, &why, None));
+        return;
+    }
     let gw_id = gw.next_id();
     let full = gw
         .server_requests

@@ -754,7 +754,7 @@ pub fn merge_results(results: &[(String, Value)], version: Option<ProtocolVersio
 }
 
 /// Serves a request within a session: plan, spawn, answer with JSON or SSE.
-pub async fn handle_request(gw: Arc<Gateway>, sess: Arc<LiveSession>, caller: &Caller, msg: Message) -> Response {
+pub async fn handle_request(gw: Arc<Gateway>, sess: Arc<LiveSession>, caller: &Caller, mut msg: Message) -> Response {
     let Some(client_id) = msg.id.clone() else {
         return json_error(StatusCode::BAD_REQUEST, codes::INVALID_REQUEST, "request without id");
     };
@@ -790,7 +790,7 @@ pub async fn handle_request(gw: Arc<Gateway>, sess: Arc<LiveSession>, caller: &C
                 return limited(&client_id, l);
             }
             if let Some((upstream, tool)) = &target {
-                match crate::calls::check_call(&gw, &sess, caller, upstream, tool, &msg).await {
+                match crate::calls::check_call(&gw, &sess, caller, upstream, tool, &mut msg).await {
                     Ok(c) => confirm = c,
                     Err(r) => return r,
                 }

@@ -16,6 +16,7 @@ pub mod forward;
 pub mod gateway;
 pub mod handlers;
 pub mod hygiene;
+pub mod inspect;
 pub mod integrity;
 pub mod server;
 pub mod session;

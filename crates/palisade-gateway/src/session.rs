@@ -166,6 +166,8 @@ pub struct LiveSession {
     /// towards upstreams (never forwarded itself). Replaced on every request.
     pub identity: Subject,
     replay_cap: usize,
+    /// Flow labels touched, injection seen and bytes relayed (J4, J5).
+    pub flow: Mutex<crate::inspect::FlowState>,
 }
 
 impl LiveSession {
@@ -215,6 +217,7 @@ impl LiveSession {
             stateless,
             identity: subject(None),
             replay_cap,
+            flow: Mutex::new(crate::inspect::FlowState::default()),
         }
     }
 

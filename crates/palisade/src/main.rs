@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 mod policy_cmd;
 mod scan_cmd;
+mod scan_text;
 mod tools_cmd;
 
 use clap::{Parser, Subcommand};
@@ -173,6 +174,12 @@ enum ScanCommand {
         #[arg(long)]
         cross_server: bool,
     },
+    /// Scan text (a file, standard input, or JSON lines of `{"id", "text"}`) for prompt
+    /// injection, secrets and personal data. Exit 0 clean, 1 flagged, 2 bad input.
+    Text {
+        #[command(flatten)]
+        args: scan_text::TextArgs,
+    },
 }
 
 #[derive(Subcommand)]
@@ -335,6 +342,9 @@ fn main() -> ExitCode {
                     cross_server,
                 },
         } => scan_cmd::scan_tools(&file, &format, cross_server),
+        Command::Scan {
+            command: ScanCommand::Text { args },
+        } => scan_text::run(&args),
         Command::Policy { command } => policy_cmd::run(command),
         Command::Demo { port } => {
             init_logging(&cli.log_format);
@@ -469,15 +479,57 @@ fn sealer(config: &Config) -> Result<SessionSealer, String> {
 
 /// A relative `policy.dir` is taken from the configuration file's folder.
 fn resolve_policy_dir(config: &mut Config, config_path: &std::path::Path) {
-    let Some(p) = config.policy.as_mut() else { return };
-    if std::path::Path::new(&p.dir).is_absolute() {
-        return;
-    }
     let base = config_path
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(std::path::Path::new("."));
+    if let Some(rules) = config.inspect.secrets_rules.as_mut()
+        && !std::path::Path::new(rules.as_str()).is_absolute()
+    {
+        *rules = base.join(&*rules).display().to_string();
+    }
+    let Some(p) = config.policy.as_mut() else { return };
+    if std::path::Path::new(&p.dir).is_absolute() {
+        return;
+    }
     p.dir = base.join(&p.dir).display().to_string();
+}
+
+/// The content inspector of `[inspect]`: the engine (with the gitleaks rule
+/// file when set) and the remote detector (its key from the secret store).
+async fn inspector(config: &Config) -> Result<Option<Arc<palisade_gateway::inspect::Inspector>>, String> {
+    let ic = &config.inspect;
+    if !ic.enabled {
+        tracing::warn!("[inspect] enabled = false: content inspection is off");
+        return Ok(None);
+    }
+    let rules = match &ic.secrets_rules {
+        Some(path) => {
+            Some(std::fs::read_to_string(path).map_err(|e| format!("inspect.secrets_rules: cannot read {path}: {e}"))?)
+        }
+        None => None,
+    };
+    let remote = match &ic.remote {
+        Some(rc) => {
+            let endpoint = url::Url::parse(&rc.endpoint).map_err(|e| format!("inspect.remote.endpoint: {e}"))?;
+            let mut dc = palisade_detector::DetectorConfig::new(endpoint);
+            dc.api_version = rc.api_version.clone();
+            dc.timeout = std::time::Duration::from_millis(rc.timeout_ms);
+            if let Some(k) = &rc.key {
+                let store = secret_store(config)?;
+                dc.key = Some(
+                    palisade_secrets::resolve(&store, k)
+                        .await
+                        .map_err(|e| format!("inspect.remote.key: {e}"))?,
+                );
+            }
+            Some(palisade_detector::RemoteDetector::new(dc).map_err(|e| format!("inspect.remote: {e}"))?)
+        }
+        None => None,
+    };
+    let i = palisade_gateway::inspect::Inspector::new(config, rules, remote)?;
+    tracing::info!(packs = ?ic.packs, remote = ic.remote.is_some(), "content inspection on");
+    Ok(Some(Arc::new(i)))
 }
 
 async fn run(config: Config, demo: Option<()>) -> ExitCode {
@@ -552,7 +604,14 @@ async fn run(config: Config, demo: Option<()>) -> ExitCode {
     };
     integrity.spawn_poller(std::time::Duration::from_millis(config.integrity.poll_interval_ms));
     let policy_dir = config.policy.as_ref().map(|p| std::path::PathBuf::from(&p.dir));
-    let controls = match palisade_gateway::controls::Controls::build(&config, policy_dir.as_deref()).await {
+    let inspect = match inspector(&config).await {
+        Ok(i) => i,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let controls = match palisade_gateway::controls::Controls::build(&config, policy_dir.as_deref(), inspect).await {
         Ok(c) => Arc::new(c),
         Err(e) => {
             eprintln!("error: {e}");
