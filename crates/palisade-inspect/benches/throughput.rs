@@ -8,13 +8,16 @@
 //! key and an injection sentence planted about every KiB. With the corpus
 //! present, the 64 KiB cases also run with the gitleaks rule file loaded.
 //! After criterion, one MB/s line per case.
+//!
+//! `THROUGHPUT_PACKS=secrets` (any subset) measures some packs only;
+//! `THROUGHPUT_SHOW_FINDINGS=1` lists what the packs find in the clean prose.
 
 use std::hint::black_box;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput};
-use palisade_inspect::{Engine, EngineOptions, build};
+use palisade_inspect::{Engine, EngineOptions, PackSet, build};
 
 const SIZES: &[(usize, &str)] = &[(1 << 10, "1KiB"), (64 << 10, "64KiB"), (4 << 20, "4MiB")];
 
@@ -362,9 +365,21 @@ struct Case {
     text: String,
 }
 
+/// All packs, or `THROUGHPUT_PACKS=pii` (any subset) to look at one.
+fn packs() -> PackSet {
+    match std::env::var("THROUGHPUT_PACKS") {
+        Ok(s) => PackSet::parse(&s).unwrap_or_else(|e| panic!("THROUGHPUT_PACKS: {e}")),
+        Err(_) => PackSet::default(),
+    }
+}
+
 fn engines() -> Vec<(&'static str, Engine)> {
     let mut out = Vec::new();
-    match build(&EngineOptions::default()) {
+    let base = EngineOptions {
+        packs: packs(),
+        ..EngineOptions::default()
+    };
+    match build(&base) {
         Ok(e) => out.push(("builtin", e)),
         Err(e) => panic!("cannot build the engine: {e}"),
     }
@@ -372,7 +387,7 @@ fn engines() -> Vec<(&'static str, Engine)> {
     if let Ok(toml) = std::fs::read_to_string(&rules) {
         let opts = EngineOptions {
             gitleaks_rules: Some(toml),
-            ..EngineOptions::default()
+            ..base.clone()
         };
         match build(&opts) {
             Ok(e) => out.push(("gitleaks", e)),
@@ -432,7 +447,10 @@ fn bench(c: &mut Criterion, engines: &[(&str, Engine)], cases: &[Case]) {
 
 /// One MB/s line per case: scans repeated for about 300 ms.
 fn summary(engines: &[(&str, Engine)], cases: &[Case]) {
-    println!("\nthroughput summary (all packs; findings per scan in brackets):");
+    println!(
+        "\nthroughput summary (packs {:?}; findings per scan in brackets):",
+        engines.first().map(|(_, e)| e.pack_names()).unwrap_or_default()
+    );
     for case in cases {
         let engine = &engines[case.engine].1;
         let findings = engine.scan(&case.text).findings.len();
