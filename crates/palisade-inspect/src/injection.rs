@@ -101,8 +101,14 @@ impl InjectionPack {
     }
 
     fn scan_depth(&self, input: &Input<'_>, enabled: &[bool], depth: u8, out: &mut Vec<Finding>) {
-        let ctx = Ctx::new(input);
         let first = out.len();
+        self.scan_rules(input, enabled, depth, out);
+        soften(input.text, &mut out[first..]);
+    }
+
+    /// Runs the enabled rules without the prompt-like softening.
+    fn scan_rules(&self, input: &Input<'_>, enabled: &[bool], depth: u8, out: &mut Vec<Finding>) {
+        let ctx = Ctx::new(input);
         for (i, rule) in RULES.iter().enumerate() {
             if !enabled.get(i).copied().unwrap_or(false) {
                 continue;
@@ -136,23 +142,6 @@ impl InjectionPack {
                         self.rot13(input, id, out);
                     }
                 }
-            }
-        }
-        // A text that opens as a request to the model (a user prompt) may
-        // address the model and shape its answer; inside data the same
-        // wording is an injection.
-        let soft = |f: &Finding| {
-            matches!(
-                &*f.rule,
-                "injection.output_directive" | "injection.model_address" | "injection.as_ai" | "injection.fake_turn"
-            )
-        };
-        if out[first..].iter().any(soft) && rules::prompt_like(input.text) {
-            // The opening sentence itself is judged as it stands (an
-            // injection placed at the start of a document).
-            let opening = rules::first_sentence_end(input.text);
-            for f in out[first..].iter_mut().filter(|f| soft(f) && f.start >= opening) {
-                f.score = f.score.min(0.4);
             }
         }
     }
@@ -215,6 +204,113 @@ impl InjectionPack {
     }
 }
 
+/// A text that opens as a request to the model (a user prompt) may address
+/// the model and shape its answer; inside data the same wording is an
+/// injection. So in prompt-like text those rules count less after the
+/// opening sentence (which is judged as it stands: an injection placed at the
+/// start of a document).
+fn soften(text: &str, found: &mut [Finding]) {
+    let soft = |f: &Finding| {
+        matches!(
+            &*f.rule,
+            "injection.output_directive" | "injection.model_address" | "injection.as_ai" | "injection.fake_turn"
+        )
+    };
+    if found.iter().any(soft) && rules::prompt_like(text) {
+        let opening = rules::first_sentence_end(text);
+        for f in found.iter_mut().filter(|f| soft(f) && f.start >= opening) {
+            f.score = f.score.min(0.4);
+        }
+    }
+}
+
+/// Texts longer than this are scanned in windows around trigger hits.
+const WINDOWED_ABOVE: usize = 8 * 1024;
+/// Bytes of context on each side of a hit (rules are sentence-local).
+const RADIUS: usize = 256;
+
+impl InjectionPack {
+    /// Large ASCII texts: rules without triggers run over the whole text,
+    /// triggered rules only in windows around their hits, so a long clean
+    /// document where a common trigger word appears costs little more than
+    /// the prefilter.
+    fn scan_windows(&self, input: &Input<'_>, enabled: &[bool], hits: &[(usize, usize)], out: &mut Vec<Finding>) {
+        let text = input.text;
+        let first = out.len();
+        // Rules that judge the whole text (counts of request lines, turns of
+        // both roles, decoded payloads) run over all of it.
+        let whole = |r: &rules::Rule| {
+            r.triggers.is_empty()
+                || matches!(
+                    r.special,
+                    Special::RequestLine
+                        | Special::RequestFirst
+                        | Special::FakeTurn
+                        | Special::Encoded
+                        | Special::Rot13
+                )
+        };
+        let always: Vec<bool> = RULES.iter().zip(enabled).map(|(r, e)| *e && whole(r)).collect();
+        if always.iter().any(|a| *a) {
+            self.scan_rules(input, &always, 0, out);
+        }
+        let mut hits = hits.to_vec();
+        hits.sort_unstable_by_key(|h| h.1);
+        let mut i = 0;
+        while i < hits.len() {
+            let mut en = vec![false; RULES.len()];
+            let start = hits[i].1;
+            let mut end = hits[i].1;
+            while i < hits.len() && hits[i].1 <= end + 2 * RADIUS {
+                end = hits[i].1;
+                if let (Some(e), Some(r)) = (en.get_mut(hits[i].0), RULES.get(hits[i].0)) {
+                    *e = !whole(r);
+                }
+                i += 1;
+            }
+            let a = line_start(text, start.saturating_sub(RADIUS));
+            let b = line_end(text, (end + RADIUS).min(text.len()));
+            let sub = Input::new(&text[a..b]);
+            let mut found = Vec::new();
+            self.scan_rules(&sub, &en, 0, &mut found);
+            for mut f in found {
+                f.start += a;
+                f.end += a;
+                out.push(f);
+            }
+        }
+        soften(text, &mut out[first..]);
+    }
+}
+
+/// A char boundary at or before `at`, moved back to a line start when one is near.
+fn line_start(text: &str, at: usize) -> usize {
+    let mut a = at.min(text.len());
+    while !text.is_char_boundary(a) {
+        a -= 1;
+    }
+    match text[a.saturating_sub(256).min(a)..a].rfind('\n') {
+        Some(p) => a.saturating_sub(256).min(a) + p + 1,
+        None => a,
+    }
+}
+
+/// A char boundary at or after `at`, moved on to a line end when one is near.
+fn line_end(text: &str, at: usize) -> usize {
+    let mut b = at.min(text.len());
+    while !text.is_char_boundary(b) {
+        b += 1;
+    }
+    let mut lim = (b + 256).min(text.len());
+    while !text.is_char_boundary(lim) {
+        lim += 1;
+    }
+    match text[b..lim].find('\n') {
+        Some(p) => b + p,
+        None => b,
+    }
+}
+
 fn rot13_char(c: char) -> char {
     match c {
         'a'..='z' => (((c as u8 - b'a') + 13) % 26 + b'a') as char,
@@ -265,6 +361,13 @@ impl Pack for InjectionPack {
     }
     fn scan(&self, input: &Input<'_>, enabled: &[bool], out: &mut Vec<Finding>) {
         self.scan_depth(input, enabled, 0, out);
+    }
+
+    fn scan_hits(&self, input: &Input<'_>, enabled: &[bool], hits: Option<&[(usize, usize)]>, out: &mut Vec<Finding>) {
+        match hits {
+            Some(h) if input.text.len() > WINDOWED_ABOVE => self.scan_windows(input, enabled, h, out),
+            _ => self.scan_depth(input, enabled, 0, out),
+        }
     }
 }
 

@@ -115,6 +115,9 @@ impl<'a> Input<'a> {
     }
 }
 
+/// Trigger positions kept per pack and scan; past it a pack scans the whole text.
+const MAX_HITS: usize = 4096;
+
 /// Shortest run reported in [`Input::tokens`].
 pub const MIN_TOKEN_RUN: usize = 20;
 
@@ -122,28 +125,35 @@ fn is_token_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=' | b'_' | b'-')
 }
 
-/// Runs of token bytes at least `min` long. One pass, no allocation unless
-/// a run is found.
+/// Runs of token bytes at least `min` long. Skip search: a run of `min`
+/// bytes starting anywhere in `i..=i + min - 1` must cover byte
+/// `i + min - 1`, so when that byte is not a token byte the whole stretch is
+/// skipped; prose is read about one byte in `min`.
 pub fn token_runs(text: &str, min: usize) -> Vec<(usize, usize)> {
     let bytes = text.as_bytes();
     let mut out = Vec::new();
-    let mut start = 0;
-    let mut run = 0usize;
-    for (i, &b) in bytes.iter().enumerate() {
-        if is_token_byte(b) {
-            if run == 0 {
-                start = i;
-            }
-            run += 1;
-        } else {
-            if run >= min {
-                out.push((start, i));
-            }
-            run = 0;
+    let min = min.max(1);
+    let mut i = 0;
+    while i + min <= bytes.len() {
+        let probe = i + min - 1;
+        if !is_token_byte(bytes[probe]) {
+            i = probe + 1;
+            continue;
         }
-    }
-    if run >= min {
-        out.push((start, bytes.len()));
+        let mut start = probe;
+        while start > i && is_token_byte(bytes[start - 1]) {
+            start -= 1;
+        }
+        // `i` always follows a non-token byte (or is 0), so `start` is the
+        // run's real start.
+        let mut end = probe + 1;
+        while end < bytes.len() && is_token_byte(bytes[end]) {
+            end += 1;
+        }
+        if end - start >= min {
+            out.push((start, end));
+        }
+        i = end + 1;
     }
     out
 }
@@ -160,6 +170,14 @@ pub trait Pack: Send + Sync {
     fn triggers(&self) -> Vec<(String, usize)>;
     /// Runs the enabled rules (`enabled[i]`) and appends findings.
     fn scan(&self, input: &Input<'_>, enabled: &[bool], out: &mut Vec<Finding>);
+    /// Like [`Pack::scan`], with where each trigger matched: `(rule, byte
+    /// offset)` in `input.text` (`None` when positions are not known, e.g. for
+    /// non-ASCII text matched through its folded view). A pack whose rules are
+    /// local may run them only around the hits of large texts.
+    fn scan_hits(&self, input: &Input<'_>, enabled: &[bool], hits: Option<&[(usize, usize)]>, out: &mut Vec<Finding>) {
+        let _ = hits;
+        self.scan(input, enabled, out);
+    }
 }
 
 /// Bounds on one scan.
@@ -279,13 +297,21 @@ impl Engine {
         };
         let input = Input::new(text);
         let mut enabled = self.always.clone();
+        // Trigger positions per pack, for packs that look only near them.
+        let mut hits: Vec<Vec<(usize, usize)>> = vec![Vec::new(); self.packs.len()];
         if let Some(ac) = &self.ac {
             for m in ac.find_overlapping_iter(text) {
                 let (p, r) = self.targets[m.pattern().as_usize()];
                 enabled[p as usize][r as usize] = true;
+                if let Some(h) = hits.get_mut(p as usize)
+                    && h.len() < MAX_HITS
+                {
+                    h.push((r as usize, m.start()));
+                }
             }
         }
-        if !text.is_ascii() {
+        let ascii = text.is_ascii();
+        if !ascii {
             hidden_text(text, &mut report.findings, &mut report.decoded);
             if let Some(ac) = &self.ac {
                 for m in ac.find_overlapping_iter(&input.folded().text) {
@@ -294,9 +320,10 @@ impl Engine {
                 }
             }
         }
-        for (pack, en) in self.packs.iter().zip(&enabled) {
+        for ((pack, en), h) in self.packs.iter().zip(&enabled).zip(&hits) {
             if en.iter().any(|e| *e) {
-                pack.scan(&input, en, &mut report.findings);
+                let positions = (ascii && h.len() < MAX_HITS).then_some(h.as_slice());
+                pack.scan_hits(&input, en, positions, &mut report.findings);
             }
         }
         // Decoded carriers (tags, zero-width bits, bidi-reversed text) are
@@ -526,6 +553,34 @@ mod tests {
         assert_eq!(&t[r[0].0..r[0].1], "AKIAIOSFODNN7EXAMPLE1234");
         assert_eq!(token_runs("abcdefghijklmnopqrstuvwxyz", 20), vec![(0, 26)]);
         assert!(token_runs("", 20).is_empty());
+    }
+
+    /// The plain definition the skip search must agree with.
+    fn naive_runs(text: &str, min: usize) -> Vec<(usize, usize)> {
+        let b = text.as_bytes();
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < b.len() {
+            if is_token_byte(b[i]) {
+                let s = i;
+                while i < b.len() && is_token_byte(b[i]) {
+                    i += 1;
+                }
+                if i - s >= min {
+                    out.push((s, i));
+                }
+            } else {
+                i += 1;
+            }
+        }
+        out
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn token_runs_match_the_plain_definition(s in "[a-c =/\\.-]{0,300}", min in 1usize..30) {
+            proptest::prop_assert_eq!(token_runs(&s, min), naive_runs(&s, min));
+        }
     }
 
     #[test]
