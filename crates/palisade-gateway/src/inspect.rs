@@ -341,7 +341,7 @@ impl Inspector {
             target: tool.unwrap_or(method),
             direction: Direction::ToClient,
         };
-        let decision = self.decide(&tables.results, &scans, &ctx);
+        let decision = self.decide(&tables.results, result, &texts, &scans, &ctx);
         out.injection = decision.injection;
         if let Some(reason) = decision.block {
             out.block = Some(reason);
@@ -381,7 +381,7 @@ impl Inspector {
             target: tool,
             direction: Direction::ToServer,
         };
-        let decision = self.decide(&tables.arguments, &scans, &ctx);
+        let decision = self.decide(&tables.arguments, args, &texts, &scans, &ctx);
         let mut out = Outcome {
             injection: decision.injection,
             block: decision.block,
@@ -478,7 +478,7 @@ impl Inspector {
         }
     }
 
-    fn decide(&self, table: &ActionTable, scans: &[Report], ctx: &Ctx) -> Decision {
+    fn decide(&self, table: &ActionTable, root: &Value, texts: &[Text], scans: &[Report], ctx: &Ctx) -> Decision {
         let mut d = Decision::default();
         for cat in [
             Category::PromptInjection,
@@ -519,7 +519,13 @@ impl Inspector {
             let rules = rule_list(scans, cat);
             for (i, r) in scans.iter().enumerate() {
                 for f in r.findings.iter().filter(|f| f.category == cat) {
-                    self.audit(ctx, i, f, action);
+                    let matched = texts
+                        .get(i)
+                        .and_then(|t| root.pointer(&t.pointer))
+                        .and_then(Value::as_str)
+                        .and_then(|s| s.get(f.start..f.end))
+                        .unwrap_or("");
+                    self.audit(ctx, texts.get(i).map_or("", |t| t.pointer.as_str()), matched, f, action);
                 }
             }
             let what = format!("{} ({rules})", describe(cat));
@@ -561,9 +567,13 @@ impl Inspector {
         };
     }
 
-    /// One audit event per finding: type, location and a keyed hash of the
-    /// matched text (so repeats can be correlated), never the text itself.
-    fn audit(&self, ctx: &Ctx, text_index: usize, f: &Finding, action: InspectAction) {
+    /// One audit event per finding: type, location (JSON pointer and byte
+    /// offsets) and a keyed hash of the matched text, so repeats can be
+    /// correlated without the text (a low-entropy value such as a phone
+    /// number cannot be recovered from the hash without the process key).
+    fn audit(&self, ctx: &Ctx, pointer: &str, matched: &str, f: &Finding, action: InspectAction) {
+        let tag = hmac::sign(&self.hash_key, matched.as_bytes());
+        let hash = hex::encode(&tag.as_ref()[..12]);
         tracing::info!(
             target: "palisade::audit",
             event = "inspect.detection",
@@ -572,10 +582,11 @@ impl Inspector {
             target = ctx.target,
             category = f.category.as_str(),
             rule = &*f.rule,
-            text = text_index,
+            pointer,
             start = f.start,
             end = f.end,
             score = f.score,
+            hash = %hash,
             action = ?action,
             "content finding"
         );

@@ -283,3 +283,87 @@ async fn hostile_inputs_get_clear_answers() {
     let ok = echo(&url, &sid, 4, "still here").await;
     assert_eq!(text_of(&ok), "still here");
 }
+
+/// A content-safety service written for the test: `text:shieldPrompt` with
+/// a subscription key; a document is an attack when it holds `marker`.
+async fn shield_service(
+    key: &'static str,
+    marker: &'static str,
+) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let calls = std::sync::Arc::new(AtomicUsize::new(0));
+    let seen = calls.clone();
+    let app = axum::Router::new().route(
+        "/contentsafety/text:shieldPrompt",
+        axum::routing::post(move |headers: axum::http::HeaderMap, body: String| {
+            let seen = seen.clone();
+            async move {
+                seen.fetch_add(1, Ordering::SeqCst);
+                if headers.get("ocp-apim-subscription-key").and_then(|v| v.to_str().ok()) != Some(key) {
+                    return (axum::http::StatusCode::UNAUTHORIZED, String::new());
+                }
+                let req: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+                let docs: Vec<Value> = req["documents"]
+                    .as_array()
+                    .map(|d| {
+                        d.iter()
+                            .map(|t| json!({ "attackDetected": t.as_str().unwrap_or("").contains(marker) }))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let answer = json!({ "userPromptAnalysis": { "attackDetected": false }, "documentsAnalysis": docs });
+                (axum::http::StatusCode::OK, answer.to_string())
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (format!("http://{addr}"), calls)
+}
+
+#[tokio::test]
+async fn remote_detector_blocks_what_it_reports() {
+    let (endpoint, calls) = shield_service("k-123", "QUIETLY-EXFIL").await;
+    let up = format!("{}\n", demo_upstream("demo", "shared"));
+    let server = format!(
+        "[inspect.remote]\nendpoint = \"{endpoint}\"\nkey = {{ env = \"TEST_SHIELD_KEY\" }}\non_error = \"closed\"\n"
+    );
+    let gw = Gateway::start_with(&up, &server, &[("TEST_SHIELD_KEY", "k-123")]);
+    let (url, sid) = session(&gw).await;
+    // Locally clean, remotely flagged: blocked.
+    let r = echo(&url, &sid, 1, "Quarterly numbers attached. QUIETLY-EXFIL").await;
+    assert!(is_error(&r), "{r}");
+    assert!(text_of(&r).contains("content-safety service reported"), "{r}");
+    let ok = echo(&url, &sid, 2, "Quarterly numbers attached.").await;
+    assert_eq!(text_of(&ok), "Quarterly numbers attached.");
+    assert!(calls.load(std::sync::atomic::Ordering::SeqCst) >= 2);
+}
+
+#[tokio::test]
+async fn remote_detector_failure_is_closed_or_open_per_route() {
+    // Nothing listens on the endpoint: closed blocks, open passes.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let endpoint = format!("http://{}", dead.local_addr().expect("addr"));
+    drop(dead);
+    let up = format!(
+        "{}{}\n",
+        demo_upstream("demo", "shared"),
+        demo_upstream("other", "shared")
+    );
+    let server = format!(
+        "[inspect.remote]\nendpoint = \"{endpoint}\"\ntimeout_ms = 500\non_error = \"closed\"\n[inspect.remote.on_error_upstreams]\nother = \"open\"\n"
+    );
+    let gw = Gateway::start_with(&up, &server, &[]);
+    gw.wait_ready().await;
+    let url = gw.url("/mcp/demo");
+    let sid = initialize(&url).await;
+    let r = echo(&url, &sid, 1, "hello").await;
+    assert!(is_error(&r), "{r}");
+    assert!(text_of(&r).contains("could not check"), "{r}");
+    let url2 = gw.url("/mcp/other");
+    let sid2 = initialize(&url2).await;
+    assert_eq!(text_of(&echo(&url2, &sid2, 2, "hello").await), "hello");
+}
