@@ -86,6 +86,48 @@ impl Admin {
         ] {
             registry.register(name, help, counter.clone());
         }
+        if let Some(i) = &gw.controls.inspect {
+            let m = &i.metrics;
+            for (name, help, counter) in [
+                ("inspect_scanned_bytes", "Bytes of content scanned", &m.scanned_bytes),
+                (
+                    "inspect_detections_prompt_injection",
+                    "Messages with a prompt injection at or above the suspicious level",
+                    &m.detections_injection,
+                ),
+                (
+                    "inspect_detections_secret",
+                    "Messages with a secret",
+                    &m.detections_secret,
+                ),
+                (
+                    "inspect_detections_pii",
+                    "Messages with personal data",
+                    &m.detections_pii,
+                ),
+                (
+                    "inspect_detections_hidden_text",
+                    "Messages with hidden text",
+                    &m.detections_hidden,
+                ),
+                ("inspect_blocked", "Content blocked", &m.blocked),
+                ("inspect_redacted", "Texts redacted", &m.redacted),
+                ("inspect_spotlighted", "Messages spotlighted", &m.spotlighted),
+                (
+                    "inspect_truncated",
+                    "Results cut or withheld by the size caps",
+                    &m.truncated,
+                ),
+                (
+                    "inspect_toxic_flows",
+                    "Calls that would complete a toxic flow",
+                    &m.toxic_flows,
+                ),
+                ("inspect_remote_errors", "Remote detector failures", &m.remote_errors),
+            ] {
+                registry.register(name, help, counter.clone());
+            }
+        }
         Admin {
             gw,
             tls,

@@ -61,7 +61,11 @@ fn is_error(resp: &Value) -> bool {
 
 #[tokio::test]
 async fn injected_result_is_blocked_without_the_payload() {
-    let gw = start("", "");
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").port()
+    };
+    let gw = start("", &format!("[admin]\nlisten = \"127.0.0.1:{port}\"\n"));
     let (url, sid) = session(&gw).await;
     let r = echo(&url, &sid, 1, INJECTION).await;
     assert!(is_error(&r), "{r}");
@@ -75,6 +79,20 @@ async fn injected_result_is_blocked_without_the_payload() {
     let ok = echo(&url, &sid, 2, "The weather in Lisbon is sunny, 24 degrees.").await;
     assert_eq!(text_of(&ok), "The weather in Lisbon is sunny, 24 degrees.");
     assert!(ok.pointer("/result/_meta/palisade~1inspection").is_none(), "{ok}");
+    // The detection is counted on the admin listener.
+    let metrics = client()
+        .get(format!("http://127.0.0.1:{port}/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("body");
+    let line = metrics
+        .lines()
+        .find(|l| l.starts_with("palisade_inspect_blocked"))
+        .unwrap_or_default();
+    assert!(line.ends_with(" 1"), "{line:?} in\n{metrics}");
 }
 
 #[tokio::test]
