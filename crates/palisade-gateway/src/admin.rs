@@ -10,6 +10,7 @@ use axum::routing::get;
 use http::{HeaderValue, StatusCode, header};
 use palisade_tls::TlsListener;
 use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
@@ -59,7 +60,7 @@ impl Admin {
             gw.integrity.refused_calls.clone(),
         );
         let m = &gw.controls.metrics;
-        for (name, help, counter) in [
+        let mut counters: Vec<(&str, &str, &Counter)> = vec![
             ("authz_denied", "Requests denied by a Cedar policy", &m.denied),
             ("rate_limited", "Requests refused by a rate limit", &m.rate_limited),
             (
@@ -83,12 +84,10 @@ impl Admin {
                 &m.confirmations_refused,
             ),
             ("state_errors", "Shared-state backend errors", &m.state_errors),
-        ] {
-            registry.register(name, help, counter.clone());
-        }
+        ];
         if let Some(i) = &gw.controls.inspect {
             let m = &i.metrics;
-            for (name, help, counter) in [
+            counters.extend([
                 ("inspect_scanned_bytes", "Bytes of content scanned", &m.scanned_bytes),
                 (
                     "inspect_detections_prompt_injection",
@@ -124,9 +123,10 @@ impl Admin {
                     &m.toxic_flows,
                 ),
                 ("inspect_remote_errors", "Remote detector failures", &m.remote_errors),
-            ] {
-                registry.register(name, help, counter.clone());
-            }
+            ]);
+        }
+        for (name, help, counter) in counters {
+            registry.register(name, help, counter.clone());
         }
         Admin {
             gw,

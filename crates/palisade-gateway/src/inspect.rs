@@ -452,21 +452,14 @@ impl Inspector {
     }
 
     fn scan_all(&self, root: &Value, texts: &[Text]) -> Vec<Report> {
-        let total: usize = texts
+        // Each text looked up once; a pointer that no longer resolves scans as empty.
+        let strings: Vec<&str> = texts
             .iter()
-            .filter_map(|t| root.pointer(&t.pointer).and_then(Value::as_str))
-            .map(str::len)
-            .sum();
+            .map(|t| root.pointer(&t.pointer).and_then(Value::as_str).unwrap_or(""))
+            .collect();
+        let total: usize = strings.iter().map(|s| s.len()).sum();
         self.metrics.scanned_bytes.inc_by(total as u64);
-        let run = || {
-            texts
-                .iter()
-                .map(|t| match root.pointer(&t.pointer).and_then(Value::as_str) {
-                    Some(s) => self.engine.scan(s),
-                    None => Report::default(),
-                })
-                .collect()
-        };
+        let run = || strings.iter().map(|s| self.engine.scan(s)).collect();
         // Large content is scanned off the async workers.
         if total > 256 * 1024
             && tokio::runtime::Handle::try_current()
@@ -680,90 +673,69 @@ const MAX_DEPTH: usize = 64;
 const MAX_TEXTS: usize = 4096;
 
 fn collect_result_texts(method: &str, result: &Value, out: &mut Vec<Text>) {
-    let content_items = |arr: Option<&Value>, base: &str, out: &mut Vec<Text>| {
-        let Some(items) = arr.and_then(Value::as_array) else {
-            return;
-        };
-        for (i, item) in items.iter().enumerate().take(MAX_TEXTS) {
-            content_item(item, &format!("{base}/{i}"), out);
-        }
+    // The array at `key`, item by item (bounded).
+    let items = |key: &str| {
+        result
+            .get(key)
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .take(MAX_TEXTS)
+            .enumerate()
     };
     match method {
         "tools/call" => {
-            content_items(result.get("content"), "/content", out);
+            for (i, item) in items("content") {
+                content_item(item, &format!("/content/{i}"), out);
+            }
             if let Some(sc) = result.get("structuredContent") {
                 collect_strings(sc, &mut "/structuredContent".to_owned(), 0, out, false);
             }
         }
         "resources/read" => {
-            if let Some(items) = result.get("contents").and_then(Value::as_array) {
-                for (i, item) in items.iter().enumerate().take(MAX_TEXTS) {
-                    if item.get("text").is_some_and(Value::is_string) {
-                        out.push(Text {
-                            pointer: format!("/contents/{i}/text"),
-                            spotlightable: true,
-                        });
-                    }
-                }
+            for (i, item) in items("contents") {
+                string_at(item, "text", format!("/contents/{i}/text"), true, out);
             }
         }
         "prompts/get" => {
-            if result.get("description").is_some_and(Value::is_string) {
-                out.push(Text {
-                    pointer: "/description".into(),
-                    spotlightable: false,
-                });
-            }
-            if let Some(items) = result.get("messages").and_then(Value::as_array) {
-                for (i, m) in items.iter().enumerate().take(MAX_TEXTS) {
-                    if let Some(c) = m.get("content") {
-                        content_item(c, &format!("/messages/{i}/content"), out);
-                    }
+            string_at(result, "description", "/description".into(), false, out);
+            for (i, m) in items("messages") {
+                if let Some(c) = m.get("content") {
+                    content_item(c, &format!("/messages/{i}/content"), out);
                 }
             }
         }
         "sampling/createMessage" => {
-            if result.get("systemPrompt").is_some_and(Value::is_string) {
-                out.push(Text {
-                    pointer: "/systemPrompt".into(),
-                    spotlightable: false,
-                });
-            }
-            if let Some(items) = result.get("messages").and_then(Value::as_array) {
-                for (i, m) in items.iter().enumerate().take(MAX_TEXTS) {
-                    match m.get("content") {
-                        Some(Value::Array(parts)) => {
-                            for (j, c) in parts.iter().enumerate().take(MAX_TEXTS) {
-                                content_item(c, &format!("/messages/{i}/content/{j}"), out);
-                            }
+            string_at(result, "systemPrompt", "/systemPrompt".into(), false, out);
+            for (i, m) in items("messages") {
+                match m.get("content") {
+                    Some(Value::Array(parts)) => {
+                        for (j, c) in parts.iter().enumerate().take(MAX_TEXTS) {
+                            content_item(c, &format!("/messages/{i}/content/{j}"), out);
                         }
-                        Some(c) => content_item(c, &format!("/messages/{i}/content"), out),
-                        None => {}
                     }
+                    Some(c) => content_item(c, &format!("/messages/{i}/content"), out),
+                    None => {}
                 }
             }
         }
-        "elicitation/create" if result.get("message").is_some_and(Value::is_string) => {
-            out.push(Text {
-                pointer: "/message".into(),
-                spotlightable: false,
-            });
-        }
+        "elicitation/create" => string_at(result, "message", "/message".into(), false, out),
         _ => {}
     }
     out.truncate(MAX_TEXTS);
 }
 
+/// Records `pointer` when `obj[key]` is a string.
+fn string_at(obj: &Value, key: &str, pointer: String, spotlightable: bool, out: &mut Vec<Text>) {
+    if obj.get(key).is_some_and(Value::is_string) {
+        out.push(Text { pointer, spotlightable });
+    }
+}
+
 fn content_item(item: &Value, at: &str, out: &mut Vec<Text>) {
-    match item.get("type").and_then(Value::as_str) {
-        Some("text") if item.get("text").is_some_and(Value::is_string) => out.push(Text {
-            pointer: format!("{at}/text"),
-            spotlightable: true,
-        }),
-        Some("resource") if item.pointer("/resource/text").is_some_and(Value::is_string) => out.push(Text {
-            pointer: format!("{at}/resource/text"),
-            spotlightable: true,
-        }),
+    match (item.get("type").and_then(Value::as_str), item.get("resource")) {
+        (Some("text"), _) => string_at(item, "text", format!("{at}/text"), true, out),
+        (Some("resource"), Some(r)) => string_at(r, "text", format!("{at}/resource/text"), true, out),
         _ => {}
     }
 }

@@ -203,8 +203,10 @@ pub struct Engine {
     packs: Vec<Box<dyn Pack>>,
     /// Trigger pattern id → (pack, rule).
     targets: Vec<(u16, u32)>,
-    /// Per pack: which rules have no trigger (always enabled).
-    always: Vec<Vec<bool>>,
+    /// Every pack's rules in one flat list (pack `p` starts at `starts[p]`):
+    /// which have no trigger (always enabled). One copy per scan.
+    always: Vec<bool>,
+    starts: Vec<usize>,
     ac: Option<AhoCorasick>,
     limits: Limits,
 }
@@ -237,6 +239,7 @@ impl Engine {
         let mut literals = Vec::new();
         let mut targets = Vec::new();
         let mut always = Vec::new();
+        let mut starts = Vec::new();
         for (p, pack) in packs.iter().enumerate() {
             let mut a = vec![true; pack.rules()];
             for (lit, rule) in pack.triggers() {
@@ -251,7 +254,8 @@ impl Engine {
                 literals.push(lit);
                 targets.push((p as u16, rule as u32));
             }
-            always.push(a);
+            starts.push(always.len());
+            always.extend(a);
         }
         let ac = if literals.is_empty() {
             None
@@ -269,6 +273,7 @@ impl Engine {
             packs,
             targets,
             always,
+            starts,
             ac,
             limits,
         })
@@ -295,37 +300,10 @@ impl Engine {
         } else {
             text
         };
-        let input = Input::new(text);
-        let mut enabled = self.always.clone();
-        // Trigger positions per pack, for packs that look only near them.
-        let mut hits: Vec<Vec<(usize, usize)>> = vec![Vec::new(); self.packs.len()];
-        if let Some(ac) = &self.ac {
-            for m in ac.find_overlapping_iter(text) {
-                let (p, r) = self.targets[m.pattern().as_usize()];
-                enabled[p as usize][r as usize] = true;
-                if let Some(h) = hits.get_mut(p as usize)
-                    && h.len() < MAX_HITS
-                {
-                    h.push((r as usize, m.start()));
-                }
-            }
-        }
-        let ascii = text.is_ascii();
-        if !ascii {
+        if !text.is_ascii() {
             hidden_text(text, &mut report.findings, &mut report.decoded);
-            if let Some(ac) = &self.ac {
-                for m in ac.find_overlapping_iter(&input.folded().text) {
-                    let (p, r) = self.targets[m.pattern().as_usize()];
-                    enabled[p as usize][r as usize] = true;
-                }
-            }
         }
-        for ((pack, en), h) in self.packs.iter().zip(&enabled).zip(&hits) {
-            if en.iter().any(|e| *e) {
-                let positions = (ascii && h.len() < MAX_HITS).then_some(h.as_slice());
-                pack.scan_hits(&input, en, positions, &mut report.findings);
-            }
-        }
+        self.run_packs(text, &mut report.findings);
         // Decoded carriers (tags, zero-width bits, bidi-reversed text) are
         // scanned too; their findings cover the carrier's span.
         let decoded = std::mem::take(&mut report.decoded);
@@ -345,21 +323,43 @@ impl Engine {
 
     /// A scan without carrier decoding (for text that was itself decoded).
     fn scan_plain(&self, text: &str) -> Vec<Finding> {
+        let mut out = Vec::new();
+        self.run_packs(text, &mut out);
+        out
+    }
+
+    /// The trigger pass (over the folded view too when the text is not
+    /// ASCII), then each pack with the rules its triggers enabled and, for
+    /// ASCII text, where they matched.
+    fn run_packs(&self, text: &str, out: &mut Vec<Finding>) {
         let input = Input::new(text);
         let mut enabled = self.always.clone();
-        let mut out = Vec::new();
+        let mut hits: Vec<Vec<(usize, usize)>> = vec![Vec::new(); self.packs.len()];
+        let ascii = text.is_ascii();
         if let Some(ac) = &self.ac {
             for m in ac.find_overlapping_iter(text) {
                 let (p, r) = self.targets[m.pattern().as_usize()];
-                enabled[p as usize][r as usize] = true;
+                enabled[self.starts[p as usize] + r as usize] = true;
+                if let Some(h) = hits.get_mut(p as usize)
+                    && h.len() < MAX_HITS
+                {
+                    h.push((r as usize, m.start()));
+                }
+            }
+            if !ascii {
+                for m in ac.find_overlapping_iter(&input.folded().text) {
+                    let (p, r) = self.targets[m.pattern().as_usize()];
+                    enabled[self.starts[p as usize] + r as usize] = true;
+                }
             }
         }
-        for (pack, en) in self.packs.iter().zip(&enabled) {
+        for ((pack, start), h) in self.packs.iter().zip(&self.starts).zip(&hits) {
+            let en = &enabled[*start..*start + pack.rules()];
             if en.iter().any(|e| *e) {
-                pack.scan(&input, en, &mut out);
+                let positions = (ascii && h.len() < MAX_HITS).then_some(h.as_slice());
+                pack.scan_hits(&input, en, positions, out);
             }
         }
-        out
     }
 }
 
@@ -447,15 +447,12 @@ impl Report {
 
     /// The combined score of one category.
     pub fn category_score(&self, category: Category) -> f32 {
-        let mut best: Vec<(&str, f32)> = Vec::new();
-        for f in self.findings.iter().filter(|f| f.category == category) {
-            match best.iter_mut().find(|(r, _)| *r == &*f.rule) {
-                Some((_, w)) => *w = w.max(f.score),
-                None => best.push((&f.rule, f.score)),
-            }
-        }
-        let keep: f32 = best.iter().map(|(_, w)| 1.0 - w).product();
-        ((1.0 - keep) * 1000.0).round() / 1000.0
+        let weights = self
+            .findings
+            .iter()
+            .filter(|f| f.category == category)
+            .map(|f| (&*f.rule, f64::from(f.score)));
+        palisade_scan::combine_rule_scores(weights) as f32
     }
 
     pub fn verdict(&self, t: Thresholds) -> Verdict {

@@ -95,16 +95,30 @@ pub fn sarif(items: &[Item], artifact: &str) -> Value {
             })
         })
         .collect();
+    sarif_log(
+        rules.iter().map(|r| json!({"id": r})).collect(),
+        results,
+        serde_json::Map::new(),
+    )
+}
+
+/// A SARIF 2.1.0 log with one run of the `palisade` tool: its rule
+/// descriptors, its results, and any further members of the run.
+pub fn sarif_log(rules: Vec<Value>, results: Vec<Value>, run_extra: serde_json::Map<String, Value>) -> Value {
+    let mut run = json!({
+        "tool": {"driver": {
+            "name": "palisade",
+            "informationUri": "https://github.com/palisade-mcp/palisade",
+            "rules": rules
+        }},
+        "results": results
+    });
+    if let Some(r) = run.as_object_mut() {
+        r.extend(run_extra);
+    }
     json!({
         "$schema": "https://json.schemastore.org/sarif-2.1.0.json",
         "version": "2.1.0",
-        "runs": [{
-            "tool": {"driver": {
-                "name": "palisade",
-                "informationUri": "https://github.com/palisade-mcp/palisade",
-                "rules": rules.iter().map(|r| json!({"id": r})).collect::<Vec<_>>()
-            }},
-            "results": results
-        }]
+        "runs": [run]
     })
 }

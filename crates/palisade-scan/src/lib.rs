@@ -147,15 +147,7 @@ impl Report {
     /// 1 − Π(1 − wᵢ) over distinct rules (the strongest finding of each rule
     /// counts once, so one phrase repeated does not add up).
     pub fn score(&self) -> f64 {
-        let mut best: Vec<(&str, f64)> = Vec::new();
-        for f in &self.findings {
-            match best.iter_mut().find(|(r, _)| *r == f.rule) {
-                Some((_, w)) => *w = w.max(f.score),
-                None => best.push((f.rule, f.score)),
-            }
-        }
-        let keep: f64 = best.iter().map(|(_, w)| 1.0 - w).product();
-        ((1.0 - keep) * 1000.0).round() / 1000.0
+        combine_rule_scores(self.findings.iter().map(|f| (f.rule, f.score)))
     }
 
     /// Malicious: a high finding, or medium findings from two rules.
@@ -193,6 +185,20 @@ impl Report {
             None => self.findings.push(f),
         }
     }
+}
+
+/// 1 − Π(1 − wᵢ) over distinct rules, each rule counting with its strongest
+/// weight, rounded to three decimals: the combined score of both scanners.
+pub fn combine_rule_scores<'a>(weights: impl IntoIterator<Item = (&'a str, f64)>) -> f64 {
+    let mut best: Vec<(&str, f64)> = Vec::new();
+    for (rule, w) in weights {
+        match best.iter_mut().find(|(r, _)| *r == rule) {
+            Some((_, b)) => *b = b.max(w),
+            None => best.push((rule, w)),
+        }
+    }
+    let keep: f64 = best.iter().map(|(_, w)| 1.0 - w).product();
+    ((1.0 - keep) * 1000.0).round() / 1000.0
 }
 
 /// Builds a finding with the severity's weight as its score.

@@ -527,28 +527,27 @@ fn sarif(text: &str, report: &Report, artifact: &str) -> Value {
             })
         })
         .collect();
-    json!({
-        "$schema": "https://json.schemastore.org/sarif-2.1.0.json",
-        "version": "2.1.0",
-        "runs": [{
-            "tool": {"driver": {
-                "name": "palisade",
-                "informationUri": "https://github.com/palisade-mcp/palisade",
-                "rules": rules.iter().map(|(r, c)| json!({
-                    "id": r,
-                    "shortDescription": {"text": format!("{} rule {r}", c.as_str())},
-                    "properties": {"category": c.as_str()}
-                })).collect::<Vec<_>>()
-            }},
-            "columnKind": "unicodeCodePoints",
-            "results": results,
-            "properties": {
-                "verdict": verdict(report).as_str(),
-                "score": num(report.score()),
-                "unscanned_bytes": report.unscanned_bytes,
-            }
-        }]
-    })
+    let rules = rules
+        .iter()
+        .map(|(r, c)| {
+            json!({
+                "id": r,
+                "shortDescription": {"text": format!("{} rule {r}", c.as_str())},
+                "properties": {"category": c.as_str()}
+            })
+        })
+        .collect();
+    let mut extra = serde_json::Map::new();
+    extra.insert("columnKind".into(), json!("unicodeCodePoints"));
+    extra.insert(
+        "properties".into(),
+        json!({
+            "verdict": verdict(report).as_str(),
+            "score": num(report.score()),
+            "unscanned_bytes": report.unscanned_bytes,
+        }),
+    );
+    palisade_scan::format::sarif_log(rules, results, extra)
 }
 
 #[cfg(test)]
