@@ -44,21 +44,59 @@ impl LevelActions {
     }
 }
 
+impl InspectAction {
+    fn parse(s: &str) -> Option<InspectAction> {
+        use InspectAction::*;
+        Some(match s {
+            "allow" => Allow,
+            "annotate" => Annotate,
+            "spotlight" => Spotlight,
+            "redact" => Redact,
+            "confirm" => Confirm,
+            "block" => Block,
+            _ => return None,
+        })
+    }
+}
+
+const ACTION_NAMES: &str = "allow, annotate, spotlight, redact, confirm or block";
+
 impl<'de> Deserialize<'de> for LevelActions {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            One(InspectAction),
-            Levels {
-                suspicious: InspectAction,
-                malicious: InspectAction,
-            },
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = LevelActions;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                write!(f, "an action ({ACTION_NAMES}) or {{ suspicious = …, malicious = … }}")
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<LevelActions, E> {
+                InspectAction::parse(s)
+                    .map(LevelActions::both)
+                    .ok_or_else(|| E::custom(format!("unknown action {s:?} (known: {ACTION_NAMES})")))
+            }
+            fn visit_map<M: serde::de::MapAccess<'de>>(self, mut m: M) -> Result<LevelActions, M::Error> {
+                use serde::de::Error;
+                let (mut suspicious, mut malicious) = (None, None);
+                while let Some((k, v)) = m.next_entry::<String, String>()? {
+                    let a = InspectAction::parse(&v)
+                        .ok_or_else(|| M::Error::custom(format!("unknown action {v:?} (known: {ACTION_NAMES})")))?;
+                    match k.as_str() {
+                        "suspicious" => suspicious = Some(a),
+                        "malicious" => malicious = Some(a),
+                        other => {
+                            return Err(M::Error::custom(format!(
+                                "unknown level {other:?} (suspicious, malicious)"
+                            )));
+                        }
+                    }
+                }
+                match (suspicious, malicious) {
+                    (Some(suspicious), Some(malicious)) => Ok(LevelActions { suspicious, malicious }),
+                    _ => Err(M::Error::custom("both suspicious and malicious are needed")),
+                }
+            }
         }
-        match Raw::deserialize(d)? {
-            Raw::One(a) => Ok(LevelActions::both(a)),
-            Raw::Levels { suspicious, malicious } => Ok(LevelActions { suspicious, malicious }),
-        }
+        d.deserialize_any(V)
     }
 }
 

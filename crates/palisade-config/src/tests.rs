@@ -195,3 +195,61 @@ fn tls_settings_are_checked() {
         assert!(e.contains(want), "{text}: {e}");
     }
 }
+
+#[test]
+fn inspect_settings_are_checked() {
+    let c = Config::from_toml(MINIMAL).unwrap();
+    assert!(c.inspect.enabled, "inspection is on by default");
+    let ok = "[inspect]\nsecret = 1\n";
+    assert!(
+        Config::from_toml(&format!("{ok}{MINIMAL}")).is_err(),
+        "unknown keys are errors"
+    );
+    let good = r#"
+[inspect]
+packs = ["injection", "pii"]
+spotlight = "datamark"
+[inspect.results]
+prompt_injection = { suspicious = "annotate", malicious = "block" }
+secret = "redact"
+[inspect.classes.public.arguments]
+pii = "confirm"
+[inspect.remote]
+endpoint = "https://shield.example"
+key = { env = "SHIELD_KEY" }
+"#;
+    let c = Config::from_toml(&format!("{good}{MINIMAL}")).unwrap();
+    assert_eq!(
+        c.inspect.results.secret,
+        Some(LevelActions::both(InspectAction::Redact))
+    );
+    let bad = [
+        ("[inspect]\npacks = [\"injection\", \"malware\"]\n", "unknown pack"),
+        ("[inspect]\nsuspicious = 0.9\nmalicious = 0.5\n", "thresholds"),
+        ("[inspect]\nmax_scan_bytes = 10\n", "at least 1024"),
+        ("[inspect.classes.secret]\n", "must be public"),
+        ("[inspect.results]\npii = \"shred\"\n", "unknown action \"shred\""),
+        (
+            "[inspect.results]\nsecret = { suspicious = \"block\" }\n",
+            "both suspicious and malicious",
+        ),
+        ("[inspect.toxic_flow]\naction = \"redact\"\n", "allow, confirm or block"),
+        ("[inspect.remote]\nendpoint = \"http://shield.example\"\n", "https"),
+        (
+            "[inspect.remote]\nendpoint = \"https://s.example\"\ntimeout_ms = 0\n",
+            "positive",
+        ),
+        (
+            "[inspect.remote]\nendpoint = \"https://s.example\"\n[inspect.remote.on_error_upstreams]\nnope = \"open\"\n",
+            "no configured upstream",
+        ),
+    ];
+    for (t, want) in bad {
+        let e = Config::from_toml(&format!("{t}{MINIMAL}")).unwrap_err().to_string();
+        assert!(e.contains(want), "{t}: {e}");
+    }
+    let e = Config::from_toml(&format!("{MINIMAL}capabilities = [\"telepathy\"]\n"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("unknown label"), "{e}");
+}
