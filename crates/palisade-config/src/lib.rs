@@ -11,9 +11,11 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use toml::Spanned;
 
+mod audit;
 mod auth;
 mod controls;
 mod inspect;
+pub use audit::*;
 pub use auth::*;
 pub use controls::*;
 pub use inspect::*;
@@ -50,6 +52,15 @@ pub struct Config {
     /// Content inspection: injection, secrets, PII, spotlighting, toxic flows.
     #[serde(default)]
     pub inspect: InspectConfig,
+    /// The audit chain, its sinks and payload logging.
+    #[serde(default)]
+    pub audit: AuditConfig,
+    /// Rules over audit events that set off a response.
+    #[serde(default)]
+    pub alerts: Vec<AlertRule>,
+    /// Trace export.
+    #[serde(default)]
+    pub telemetry: TelemetryConfig,
 }
 
 /// `[integrity]`: tool pins, rug-pull holds and the tool-poisoning scan (J2).
@@ -100,6 +111,21 @@ pub struct AdminConfig {
     /// Serve plain HTTP on a non-loopback address.
     #[serde(default)]
     pub allow_plain_http_non_loopback: bool,
+    /// The admin API (`/admin/...`): bearer tokens checked by `[auth]`, with
+    /// this audience (default: the admin listener's `/admin` URL) ...
+    #[serde(default)]
+    pub api_audience: Option<String>,
+    /// ... and this scope.
+    #[serde(default = "default_admin_scope")]
+    pub api_scope: String,
+    /// Require an MFA claim (`amr` listing `mfa`, `otp`, `hwk` or `swk`, or
+    /// `acr` naming MFA) on admin tokens.
+    #[serde(default = "yes")]
+    pub require_mfa: bool,
+}
+
+fn default_admin_scope() -> String {
+    "palisade:admin".into()
 }
 
 /// The listener and its hygiene limits.
@@ -576,6 +602,7 @@ impl Config {
         validate_controls(self.policy.as_ref(), &self.limits, &self.state, &mut errs);
         let names: Vec<&str> = self.upstreams.keys().map(String::as_str).collect();
         validate_inspect(&self.inspect, &names, &mut errs);
+        validate_audit(&self.audit, &self.alerts, &self.telemetry, &mut errs);
         if let Some(t) = &s.tls {
             validate_tls("server.tls", t, &mut errs);
         }
@@ -769,7 +796,13 @@ impl UpstreamConfig {
     }
 }
 
-fn validate_url(url: &str, allow_insecure: bool, key: &str, line: Option<usize>, errs: &mut Vec<ConfigError>) {
+pub(crate) fn validate_url(
+    url: &str,
+    allow_insecure: bool,
+    key: &str,
+    line: Option<usize>,
+    errs: &mut Vec<ConfigError>,
+) {
     let Some((scheme, rest)) = url.split_once("://") else {
         errs.push(err_at(key, line, format!("{url:?} is not an absolute http(s) URL")));
         return;
