@@ -5,7 +5,7 @@
 //! request id, trace id) come from the enclosing `palisade::request` span, so
 //! no control has to repeat them.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use serde_json::{Map, Value};
 use tracing::field::{Field, Visit};
@@ -29,8 +29,23 @@ pub type Redactor = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
 
 /// Feeds audit events to the chain.
 pub struct AuditLayer {
+    target: Arc<OnceLock<Target>>,
+}
+
+struct Target {
     log: Arc<AuditLog>,
     redact: Option<Redactor>,
+}
+
+/// Where a [`AuditLayer::deferred`] layer sends events once the chain is open.
+#[derive(Clone)]
+pub struct AuditSlot(Arc<OnceLock<Target>>);
+
+impl AuditSlot {
+    /// Connects the layer to the chain; false if it was connected already.
+    pub fn install(&self, log: Arc<AuditLog>, redact: Option<Redactor>) -> bool {
+        self.0.set(Target { log, redact }).is_ok()
+    }
 }
 
 impl AuditLayer {
@@ -38,7 +53,17 @@ impl AuditLayer {
     /// defence so that a secret a control logged by mistake never reaches
     /// the chain or a sink.
     pub fn new(log: Arc<AuditLog>, redact: Option<Redactor>) -> AuditLayer {
-        AuditLayer { log, redact }
+        let (layer, slot) = AuditLayer::deferred();
+        slot.install(log, redact);
+        layer
+    }
+
+    /// A layer installed with the subscriber at start-up and connected to
+    /// the chain once the configuration has been read; events before that
+    /// reach only the other layers.
+    pub fn deferred() -> (AuditLayer, AuditSlot) {
+        let target = Arc::new(OnceLock::new());
+        (AuditLayer { target: target.clone() }, AuditSlot(target))
     }
 }
 
@@ -54,11 +79,23 @@ impl Visitor<'_> {
         };
         insert_path(self.0, name, v);
     }
+
+    /// `x_json` fields carry JSON text (a payload): kept as JSON under `x`.
+    fn put_text(&mut self, field: &Field, text: &str) {
+        if let Some(name) = field.name().strip_suffix("_json")
+            && text.len() <= MAX_STRING * 4
+            && let Ok(v) = serde_json::from_str::<Value>(text)
+        {
+            insert_path(self.0, name, v);
+            return;
+        }
+        self.put(field, Value::from(cut(text)));
+    }
 }
 
 impl Visit for Visitor<'_> {
     fn record_str(&mut self, field: &Field, value: &str) {
-        self.put(field, Value::from(cut(value)));
+        self.put_text(field, value);
     }
     fn record_i64(&mut self, field: &Field, value: i64) {
         self.put(field, value.into());
@@ -76,7 +113,7 @@ impl Visit for Visitor<'_> {
         self.put(field, value.into());
     }
     fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        self.put(field, Value::from(cut(&format!("{value:?}"))));
+        self.put_text(field, &format!("{value:?}"));
     }
 }
 
@@ -172,6 +209,7 @@ where
         if event.metadata().target() != AUDIT_TARGET {
             return;
         }
+        let Some(t) = self.target.get() else { return };
         let mut m = fields_of(event.metadata().level(), |v| event.record(v));
         normalize(&mut m);
         if let Some(scope) = ctx.event_scope(event) {
@@ -181,12 +219,12 @@ where
                 }
             }
         }
-        if let Some(r) = &self.redact {
+        if let Some(r) = &t.redact {
             for v in m.values_mut() {
                 redact_all(v, r);
             }
         }
-        self.log.append(m);
+        t.log.append(m);
     }
 }
 

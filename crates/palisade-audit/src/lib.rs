@@ -17,7 +17,7 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 pub use chain::AuditKey;
-pub use layer::{AUDIT_TARGET, AuditLayer, REQUEST_TARGET, Redactor};
+pub use layer::{AUDIT_TARGET, AuditLayer, AuditSlot, REQUEST_TARGET, Redactor};
 pub use writer::{AuditLog, Fsync, Hook, Options, Stats, Written};
 
 /// The record format, written in each segment's first record.

@@ -119,8 +119,9 @@ pub enum PayloadMode {
 }
 
 /// `[[audit.sinks]]`: one export destination with its own bounded queue.
+/// (Unknown keys are refused by the flattened [`SinkKind`]: serde cannot
+/// combine `deny_unknown_fields` with `flatten` on this struct.)
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct SinkConfig {
     /// A name for metrics, logs and alert actions (`webhook` actions name a sink).
     pub name: String,

@@ -111,11 +111,8 @@ pub struct AdminConfig {
     /// Serve plain HTTP on a non-loopback address.
     #[serde(default)]
     pub allow_plain_http_non_loopback: bool,
-    /// The admin API (`/admin/...`): bearer tokens checked by `[auth]`, with
-    /// this audience (default: the admin listener's `/admin` URL) ...
-    #[serde(default)]
-    pub api_audience: Option<String>,
-    /// ... and this scope.
+    /// The admin API (`/admin/...`): bearer tokens checked by `[auth]`
+    /// (audience: the gateway's public URL + `/admin`) with this scope.
     #[serde(default = "default_admin_scope")]
     pub api_scope: String,
     /// Require an MFA claim (`amr` listing `mfa`, `otp`, `hwk` or `swk`, or

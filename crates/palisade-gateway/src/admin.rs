@@ -137,6 +137,11 @@ impl Admin {
         }
     }
 
+    /// The registry, for metrics kept outside the gateway (export sinks).
+    pub fn registry_mut(&mut self) -> &mut Registry {
+        &mut self.registry
+    }
+
     /// The Prometheus text exposition, with values read now.
     pub fn render(&self) -> Result<String, std::fmt::Error> {
         for (name, l) in &self.tls {
@@ -170,10 +175,12 @@ async fn metrics(State(a): State<Arc<Admin>>) -> Response {
 /// The admin routes, with the security headers (and HSTS when `hsts` is given).
 pub fn router(admin: Arc<Admin>, hsts: Option<String>) -> Router {
     let hsts = hsts.and_then(|v| HeaderValue::from_str(&v).ok());
+    let api = crate::admin_api::router(admin.gw.clone());
     Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok" }))
         .with_state(admin)
+        .merge(api)
         .layer(axum::middleware::map_response(move |mut r: Response| {
             let hsts = hsts.clone();
             async move {

@@ -94,13 +94,19 @@ pub async fn authenticate(
     conn: &Conn,
     headers: &HeaderMap,
 ) -> Result<Caller, Response> {
+    if gw.containment.killed() {
+        return Err(killed());
+    }
     let (uri, cert) = conn;
     let client_cert = cert.as_ref().map(|Extension(c)| c.clone());
     let Some(auth) = &gw.auth else {
-        return Ok(Caller {
-            client_cert,
-            ..Caller::anonymous()
-        });
+        return admit(
+            gw,
+            Caller {
+                client_cert,
+                ..Caller::anonymous()
+            },
+        );
     };
     let path = route_path(route);
     let ep = endpoint(gw, route, &path);
@@ -116,11 +122,14 @@ pub async fn authenticate(
                 audit_failure(&e, &path, Some(&identity.principal));
                 return Err(refusal(gw, &e, &ep));
             }
-            Ok(Caller {
-                principal: identity.principal.clone(),
-                identity: Some(identity),
-                client_cert,
-            })
+            admit(
+                gw,
+                Caller {
+                    principal: identity.principal.clone(),
+                    identity: Some(identity),
+                    client_cert,
+                },
+            )
         }
         Err(e) => {
             audit_failure(&e, &path, None);
@@ -169,6 +178,56 @@ async fn shared_replay_check(gw: &Gateway, identity: &Identity, headers: &Header
     }
 }
 
+/// The answer while the kill switch is engaged.
+pub fn killed() -> Response {
+    let mut r = json_error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        palisade_wire::codes::OVERLOADED,
+        "MCP traffic is suspended (kill switch engaged)",
+    );
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("60"));
+    r
+}
+
+/// Records the authenticated caller on the request span and refuses a
+/// blocked principal (L5) or traffic while the audit trail fails closed.
+fn admit(gw: &Gateway, caller: Caller) -> Result<Caller, Response> {
+    crate::audit::record_caller(&caller);
+    let p = &caller.principal;
+    let key = crate::containment::principal_key(p.issuer(), p.subject());
+    if let Some(left) = gw.containment.blocked_for(&key) {
+        tracing::warn!(target: "palisade::audit", event = "access.blocked", seconds_left = left, "request of a blocked principal refused");
+        let mut r = json_error(
+            StatusCode::FORBIDDEN,
+            -32001,
+            "access suspended by an incident response rule; contact an administrator",
+        );
+        if let Ok(v) = HeaderValue::from_str(&left.to_string()) {
+            r.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        return Err(r);
+    }
+    if let Some(a) = &gw.controls.audit
+        && a.log.fail_closed()
+        && !a.log.healthy()
+    {
+        tracing::error!(
+            event = "audit.unavailable",
+            "request refused: the audit trail cannot be written"
+        );
+        let mut r = json_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            palisade_wire::codes::OVERLOADED,
+            "audit trail unavailable; retry later",
+        );
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        return Err(r);
+    }
+    Ok(caller)
+}
+
 /// Logs a refusal as an audit event. Never the token: only the reason.
 pub fn audit_failure(e: &AuthError, path: &str, principal: Option<&Principal>) {
     tracing::warn!(
@@ -176,8 +235,8 @@ pub fn audit_failure(e: &AuthError, path: &str, principal: Option<&Principal>) {
         event = "auth.failure",
         reason = e.reason.as_str(),
         endpoint = path,
-        issuer = principal.map_or("", |p| p.issuer()),
-        subject = principal.map_or("", |p| p.subject()),
+        issuer = principal.map(|p| p.issuer()),
+        subject = principal.map(|p| p.subject()),
         "request refused: {}",
         e.description
     );

@@ -44,6 +44,9 @@ pub struct Controls {
     pub metrics: ControlMetrics,
     /// Content inspection; `None` when `[inspect] enabled = false`.
     pub inspect: Option<Arc<crate::inspect::Inspector>>,
+    /// The audit chain; `None` when `[audit] enabled = false` (events then
+    /// reach only the process log).
+    pub audit: Option<Arc<crate::audit::Audit>>,
 }
 
 impl std::fmt::Debug for Controls {
@@ -160,6 +163,7 @@ impl Controls {
             confirm_timeout: Duration::from_millis(config.policy.as_ref().map_or(120_000, |p| p.confirm_timeout_ms)),
             metrics: ControlMetrics::default(),
             inspect: None,
+            audit: None,
         }
     }
 

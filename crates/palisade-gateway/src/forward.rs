@@ -316,6 +316,7 @@ pub async fn forward(
     let called = (method == "tools/call")
         .then(|| msg.params_as::<NamedParams>().and_then(|p| p.name))
         .flatten();
+    let record = CallRecord::start(&gw, &upstream, &msg);
     let timeout = called
         .as_deref()
         .and_then(|t| handle.config.tool_timeouts_ms.get(t))
@@ -396,6 +397,7 @@ pub async fn forward(
             if sess.stateless {
                 ensure_result_type(&mut resp);
             }
+            record.finish(&gw, &upstream, &method, called.as_deref(), Ok(&resp));
             stream.finish(&resp);
         }
         Err(e) => {
@@ -416,9 +418,90 @@ pub async fn forward(
                 // The upstream stops working on it (R3: per-tool timeout).
                 crate::gateway::answer_upstream(&link, cancel_notice(gw_id));
             }
+            record.finish(&gw, &upstream, &method, called.as_deref(), Err(&e));
             stream.finish(&upstream_error(Some(client_id), &e));
         }
     }
+}
+
+/// What the audit trail keeps of one forwarded request (L1, L3): a keyed
+/// digest of the parameters always; the arguments and result only as the
+/// upstream's data class allows (`[audit.payloads]`).
+struct CallRecord {
+    started: std::time::Instant,
+    params_digest: Option<String>,
+    arguments: Option<Value>,
+}
+
+impl CallRecord {
+    fn start(gw: &Gateway, upstream: &str, msg: &Message) -> CallRecord {
+        let audit = gw.controls.audit.as_deref();
+        let params = msg.params.as_deref().map(RawValue::get);
+        let arguments = match (audit, params) {
+            (Some(a), Some(p)) if msg.method() == "tools/call" => serde_json::from_str::<Value>(p)
+                .ok()
+                .and_then(|v| v.get("arguments").cloned())
+                .and_then(|args| a.payload(upstream, false, &args)),
+            _ => None,
+        };
+        CallRecord {
+            started: std::time::Instant::now(),
+            params_digest: audit.zip(params).map(|(a, p)| a.digest(p.as_bytes())),
+            arguments,
+        }
+    }
+
+    /// One `tool.call` (or `mcp.request`) event, before the answer is released.
+    fn finish(
+        &self,
+        gw: &Gateway,
+        upstream: &str,
+        method: &str,
+        tool: Option<&str>,
+        answer: Result<&Message, &UpstreamError>,
+    ) {
+        let Some(audit) = gw.controls.audit.as_deref() else {
+            return;
+        };
+        let outcome = match answer {
+            Ok(m) if m.error.is_some() => "error",
+            Ok(m) if m.result.as_deref().is_some_and(is_tool_error) => "tool_error",
+            Ok(_) => "ok",
+            Err(UpstreamError::Timeout) => "timeout",
+            Err(_) => "upstream_error",
+        };
+        let result = match answer {
+            Ok(m) => m
+                .result
+                .as_deref()
+                .and_then(|r| serde_json::from_str::<Value>(r.get()).ok())
+                .and_then(|v| audit.payload(upstream, true, &v)),
+            Err(_) => None,
+        };
+        let duration_ms = self.started.elapsed().as_secs_f64() * 1000.0;
+        tracing::info!(
+            target: "palisade::audit",
+            event = if tool.is_some() { "tool.call" } else { "mcp.request" },
+            upstream,
+            tool,
+            rpc_method = method,
+            outcome,
+            duration_ms,
+            params_digest = self.params_digest.as_deref(),
+            arguments_json = self.arguments.as_ref().map(tracing::field::display),
+            result_json = result.as_ref().map(tracing::field::display),
+            "request forwarded"
+        );
+    }
+}
+
+fn is_tool_error(r: &RawValue) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Flag {
+        #[serde(rename = "isError", default)]
+        is_error: bool,
+    }
+    r.get().contains("isError") && serde_json::from_str::<Flag>(r.get()).is_ok_and(|f| f.is_error)
 }
 
 /// The result key of a list method.

@@ -112,6 +112,8 @@ pub struct Gateway {
     pub server_requests: Mutex<HashMap<u64, ServerRequest>>,
     /// Tool pins, holds and the poisoning scan.
     pub integrity: Arc<crate::integrity::Integrity>,
+    /// Kill switch and blocked principals (L5).
+    pub containment: crate::containment::Containment,
 }
 
 /// Parameters the gateway itself sends when it initializes an upstream.
@@ -228,6 +230,7 @@ impl Gateway {
             progress: Mutex::new(HashMap::new()),
             server_requests: Mutex::new(HashMap::new()),
             integrity,
+            containment: Default::default(),
         });
         for (name, conn, events) in pending_stdio {
             spawn_stdio_dispatcher(Arc::downgrade(&gw), name, conn, events, None);
@@ -334,7 +337,7 @@ impl Gateway {
             })
             .unwrap_or_default();
         for s in stale {
-            tracing::info!(session = %digest(&s.sid), "session expired");
+            tracing::info!(target: "palisade::audit", event = "session.close", reason = "expired", session = %s.audit_tag(), "session expired");
             let local = self.controls.state.name() == "local";
             self.close_session(&s, local).await;
         }
@@ -428,8 +431,7 @@ pub async fn init_http(
 
 /// A short, non-reversible tag for a session id in logs.
 pub fn digest(sid: &str) -> String {
-    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, sid.as_bytes());
-    d.as_ref()[..6].iter().map(|b| format!("{b:02x}")).collect()
+    palisade_audit::session_digest(sid)
 }
 
 /// Aliases must not collide with each other or with prefixed names.

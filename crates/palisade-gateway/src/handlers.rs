@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
+use tracing::Instrument;
 
 use axum::Extension;
 use axum::body::Body;
@@ -242,6 +243,7 @@ async fn post(gw: Arc<Gateway>, route: Route, conn: Conn, headers: HeaderMap, bo
         Ok(m) => m,
         Err(e) => return decode_error_response(e),
     };
+    crate::audit::record_request(None, &msg);
     if crate::stateless::is_stateless(&headers, &msg) {
         return crate::stateless::handle(gw, route, caller, headers, msg).await;
     }
@@ -266,6 +268,7 @@ async fn post(gw: Arc<Gateway>, route: Route, conn: Conn, headers: HeaderMap, bo
         Ok(s) => s,
         Err(r) => return r,
     };
+    crate::audit::record_request(Some(&sess.audit_tag()), &msg);
     sess.touch();
     match msg.kind() {
         Kind::Request => handle_request(gw, sess, &caller, msg).await,
@@ -645,7 +648,9 @@ async fn initialize(gw: Arc<Gateway>, route: Route, caller: Caller, msg: Message
         }
         Route::Aggregate => merge_results(&results, Some(client_version)),
     };
-    tracing::info!(session = %digest(&sess.sid), route = route.key(), version = %client_version, "session opened");
+    let _ = sess.tag.set(digest(&token));
+    tracing::Span::current().record("session", sess.audit_tag().as_str());
+    tracing::info!(target: "palisade::audit", event = "session.open", route = route.key(), version = %client_version, upstreams = sess.links.len(), "session opened");
     let mut resp = json_message(StatusCode::OK, &Message::response(client_id, to_raw(&result)));
     if let Ok(v) = HeaderValue::from_str(&token) {
         resp.headers_mut().insert(SESSION_HEADER, v);
@@ -841,15 +846,18 @@ pub async fn handle_request(gw: Arc<Gateway>, sess: Arc<LiveSession>, caller: &C
                 );
             }
             let (gw2, sess2, stream2) = (gw.clone(), sess.clone(), stream.clone());
-            let task = tokio::spawn(async move {
-                let _busy = busy;
-                if let Some(c) = confirm
-                    && !crate::calls::confirmed(&gw2, &sess2, &stream2, &c).await
-                {
-                    return;
+            let task = tokio::spawn(
+                async move {
+                    let _busy = busy;
+                    if let Some(c) = confirm
+                        && !crate::calls::confirmed(&gw2, &sess2, &stream2, &c).await
+                    {
+                        return;
+                    }
+                    forward(gw2, sess2, upstream, msg, stream2).await;
                 }
-                forward(gw2, sess2, upstream, msg, stream2).await;
-            });
+                .in_current_span(),
+            );
             // The forward task records its upstream id in the in-flight map; keep the handle for cancellation.
             if let Ok(mut m) = sess.requests.lock()
                 && let Some(r) = m.get_mut(&key)
@@ -859,10 +867,13 @@ pub async fn handle_request(gw: Arc<Gateway>, sess: Arc<LiveSession>, caller: &C
         }
         Plan::FanOut { method, key } => {
             let fan = fan_out(gw.clone(), sess.clone(), client_id, method, key, params, stream.clone());
-            tokio::spawn(async move {
-                let _busy = busy;
-                fan.await;
-            });
+            tokio::spawn(
+                async move {
+                    let _busy = busy;
+                    fan.await;
+                }
+                .in_current_span(),
+            );
         }
         Plan::Local(result) => {
             stream.finish(&Message::response(client_id, result));
@@ -1057,8 +1068,9 @@ async fn delete(gw: Arc<Gateway>, route: Route, conn: Conn, headers: HeaderMap) 
         Ok(s) => s,
         Err(r) => return r,
     };
+    tracing::Span::current().record("session", sess.audit_tag().as_str());
     gw.end_session(&sess).await;
-    tracing::info!(session = %digest(&sess.sid), "session deleted by client");
+    tracing::info!(target: "palisade::audit", event = "session.close", reason = "client", "session deleted by client");
     StatusCode::NO_CONTENT.into_response()
 }
 

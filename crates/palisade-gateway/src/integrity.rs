@@ -218,6 +218,29 @@ impl Integrity {
         });
     }
 
+    /// Quarantines a tool, or with `tool = None` a whole server, in the
+    /// store (so `palisade tools` shows and can release it) and at once here.
+    pub async fn quarantine(&self, upstream: &str, tool: Option<&str>, by: &str, reason: &str) -> Result<(), String> {
+        let store = self.store.clone();
+        let (u, t, b, r) = (
+            upstream.to_owned(),
+            tool.map(str::to_owned),
+            by.to_owned(),
+            reason.to_owned(),
+        );
+        let now = palisade_session::unix(std::time::SystemTime::now()) as i64;
+        tokio::task::spawn_blocking(move || store.quarantine(&u, t.as_deref(), &b, &r, now))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        tracing::warn!(target: "palisade::audit", event = "pins.quarantine", upstream, tool, by, reason, "quarantined");
+        if self.reload().await {
+            Ok(())
+        } else {
+            Err("quarantine recorded, but the pin store could not be reread".into())
+        }
+    }
+
     /// The server said its tool list changed: re-list before the next call.
     pub fn mark_stale(&self, upstream: &str) {
         let mut s = self.stale.lock().unwrap_or_else(PoisonError::into_inner);

@@ -9,8 +9,11 @@
 #![allow(clippy::result_large_err)]
 
 pub mod admin;
+pub mod admin_api;
+pub mod audit;
 pub mod auth;
 pub mod calls;
+pub mod containment;
 pub mod controls;
 pub mod forward;
 pub mod gateway;

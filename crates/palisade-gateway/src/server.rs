@@ -126,6 +126,7 @@ pub fn build_router(gw: Arc<Gateway>, hsts: Option<String>) -> Router {
                 "not found",
             )
         })
+        .layer(axum::middleware::from_fn_with_state(gw.clone(), crate::audit::layer))
         .with_state(gw)
         .layer(axum::middleware::from_fn_with_state(hygiene, hygiene::layer))
 }

@@ -162,6 +162,9 @@ pub struct LiveSession {
     pub tasks: Mutex<Vec<AbortHandle>>,
     /// A transient session for one stateless (2026-07-28) request.
     pub stateless: bool,
+    /// The digest of the session id the client holds (the sealed token), the
+    /// session's name in audit records; set once the token exists.
+    pub tag: std::sync::OnceLock<String>,
     /// The latest verified token of the session's user, for RFC 8693 token exchange
     /// towards upstreams (never forwarded itself). Replaced on every request.
     pub identity: Subject,
@@ -171,6 +174,15 @@ pub struct LiveSession {
 }
 
 impl LiveSession {
+    /// The session's name in audit records and the admin API: the digest of
+    /// the id the client holds (its sealed token), else of the internal id.
+    pub fn audit_tag(&self) -> String {
+        self.tag
+            .get()
+            .cloned()
+            .unwrap_or_else(|| palisade_audit::session_digest(&self.sid))
+    }
+
     /// Shares `s` as the session's identity slot (the one its links read).
     pub fn with_identity(mut self, s: Subject) -> Self {
         self.identity = s;
@@ -218,6 +230,7 @@ impl LiveSession {
             identity: subject(None),
             replay_cap,
             flow: Mutex::new(crate::inspect::FlowState::default()),
+            tag: std::sync::OnceLock::new(),
         }
     }
 

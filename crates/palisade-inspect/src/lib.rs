@@ -538,6 +538,42 @@ pub fn build(opts: &EngineOptions) -> Result<Engine, BuildError> {
     Engine::new(packs, opts.limits)
 }
 
+/// `text` with every finding of `cats` replaced by `[REDACTED:<category>:<kind>]`;
+/// `None` when nothing was found. Findings in decoded (hidden) text have no
+/// span in `text` and are left to the caller's block decision.
+pub fn redact(engine: &Engine, text: &str, cats: &[Category]) -> Option<String> {
+    let report = engine.scan(text);
+    let mut spans: Vec<(usize, usize, String)> = report
+        .findings
+        .iter()
+        .filter(|f| cats.contains(&f.category) && f.start < f.end && f.end <= text.len())
+        .map(|f| {
+            let kind = f.rule.split_once('.').map_or(&*f.rule, |(_, k)| k);
+            (f.start, f.end, format!("[REDACTED:{}:{kind}]", f.category.as_str()))
+        })
+        .collect();
+    if spans.is_empty() {
+        return None;
+    }
+    spans.sort_by_key(|s| (s.0, s.1));
+    let mut out = String::with_capacity(text.len());
+    let mut at = 0;
+    for (a, b, p) in spans {
+        if a < at || !text.is_char_boundary(a) || !text.is_char_boundary(b) {
+            // Overlaps the previous span: extend that one instead.
+            if b > at && text.is_char_boundary(b) {
+                at = b;
+            }
+            continue;
+        }
+        out.push_str(&text[at..a]);
+        out.push_str(&p);
+        at = b;
+    }
+    out.push_str(&text[at..]);
+    Some(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -606,40 +642,4 @@ mod tests {
         );
         assert!(PackSet::parse("injection,bogus").is_err());
     }
-}
-
-/// `text` with every finding of `cats` replaced by `[REDACTED:<category>:<kind>]`;
-/// `None` when nothing was found. Findings in decoded (hidden) text have no
-/// span in `text` and are left to the caller's block decision.
-pub fn redact(engine: &Engine, text: &str, cats: &[Category]) -> Option<String> {
-    let report = engine.scan(text);
-    let mut spans: Vec<(usize, usize, String)> = report
-        .findings
-        .iter()
-        .filter(|f| cats.contains(&f.category) && f.start < f.end && f.end <= text.len())
-        .map(|f| {
-            let kind = f.rule.split_once('.').map_or(&*f.rule, |(_, k)| k);
-            (f.start, f.end, format!("[REDACTED:{}:{kind}]", f.category.as_str()))
-        })
-        .collect();
-    if spans.is_empty() {
-        return None;
-    }
-    spans.sort_by_key(|s| (s.0, s.1));
-    let mut out = String::with_capacity(text.len());
-    let mut at = 0;
-    for (a, b, p) in spans {
-        if a < at || !text.is_char_boundary(a) || !text.is_char_boundary(b) {
-            // Overlaps the previous span: extend that one instead.
-            if b > at && text.is_char_boundary(b) {
-                at = b;
-            }
-            continue;
-        }
-        out.push_str(&text[at..a]);
-        out.push_str(&p);
-        at = b;
-    }
-    out.push_str(&text[at..]);
-    Some(out)
 }

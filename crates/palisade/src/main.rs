@@ -5,6 +5,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
+mod audit_cmd;
+mod audit_setup;
 mod policy_cmd;
 mod scan_cmd;
 mod scan_text;
@@ -79,6 +81,11 @@ enum Command {
     Policy {
         #[command(subcommand)]
         command: policy_cmd::PolicyCommand,
+    },
+    /// The audit chain: verify it, query it, export a session's trail.
+    Audit {
+        #[command(subcommand)]
+        command: audit_cmd::AuditCommand,
     },
     /// The bundled demo MCP server on stdio (what `palisade demo` launches).
     #[command(hide = true)]
@@ -223,6 +230,9 @@ enum TokenCommand {
         /// Lifetime in seconds.
         #[arg(long)]
         ttl: Option<u64>,
+        /// A token for the admin API only (audience `<public URL>/admin`).
+        #[arg(long)]
+        admin: bool,
     },
 }
 
@@ -258,19 +268,6 @@ enum ConfigCommand {
         #[arg(long, short, env = "PALISADE_CONFIG", default_value = "palisade.toml")]
         config: PathBuf,
     },
-}
-
-fn init_logging(format: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("PALISADE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if format == "json" {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
 }
 
 fn main() -> ExitCode {
@@ -311,7 +308,7 @@ fn main() -> ExitCode {
             }
         },
         Command::Serve { config } => {
-            init_logging(&cli.log_format);
+            let slot = audit_setup::init_logging(&cli.log_format);
             let config_path = config.clone();
             let config = match Config::load(&config) {
                 Ok(c) => c,
@@ -326,7 +323,7 @@ fn main() -> ExitCode {
             let mut config = config;
             tools_cmd::resolve_store(&mut config, &config_path);
             resolve_policy_dir(&mut config, &config_path);
-            runtime.block_on(run(config, None))
+            runtime.block_on(run(config, None, slot))
         }
         Command::Token { command } => token_command(command),
         Command::Tls {
@@ -346,8 +343,9 @@ fn main() -> ExitCode {
             command: ScanCommand::Text { args },
         } => scan_text::run(&args),
         Command::Policy { command } => policy_cmd::run(command),
+        Command::Audit { command } => audit_cmd::run(command),
         Command::Demo { port } => {
-            init_logging(&cli.log_format);
+            let slot = audit_setup::init_logging(&cli.log_format);
             let exe = match std::env::current_exe() {
                 Ok(p) => p,
                 Err(e) => {
@@ -363,7 +361,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            runtime.block_on(run(config, Some(())))
+            runtime.block_on(run(config, Some(()), slot))
         }
     }
 }
@@ -438,6 +436,7 @@ fn demo_config(exe: &std::path::Path, port: u16) -> String {
     let exe = toml_str(&exe.display().to_string());
     let key = toml_str(&demo_key_file().display().to_string());
     let store = toml_str(&demo_key_file().with_file_name("state.db").display().to_string());
+    let audit = toml_str(&demo_key_file().with_file_name("audit").display().to_string());
     format!(
         r#"
 [server]
@@ -445,6 +444,9 @@ listen = "127.0.0.1:{port}"
 
 [integrity]
 store = "{store}"
+
+[audit]
+dir = "{audit}"
 
 [auth]
 mode = "oauth"
@@ -483,6 +485,7 @@ fn resolve_policy_dir(config: &mut Config, config_path: &std::path::Path) {
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(std::path::Path::new("."));
+    audit_setup::resolve_paths(config, base);
     if let Some(rules) = config.inspect.secrets_rules.as_mut()
         && !std::path::Path::new(rules.as_str()).is_absolute()
     {
@@ -532,7 +535,7 @@ async fn inspector(config: &Config) -> Result<Option<Arc<palisade_gateway::inspe
     Ok(Some(Arc::new(i)))
 }
 
-async fn run(config: Config, demo: Option<()>) -> ExitCode {
+async fn run(config: Config, demo: Option<()>, slot: palisade_audit::AuditSlot) -> ExitCode {
     let listen: SocketAddr = config.server.listen;
     let sealer = match sealer(&config) {
         Ok(s) => s,
@@ -611,8 +614,22 @@ async fn run(config: Config, demo: Option<()>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let audit = match secret_store(&config) {
+        Ok(store) => audit_setup::start(&config, &slot, &store).await,
+        Err(e) => Err(e),
+    };
+    let mut audit = match audit {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let controls = match palisade_gateway::controls::Controls::build(&config, policy_dir.as_deref(), inspect).await {
-        Ok(c) => Arc::new(c),
+        Ok(mut c) => {
+            c.audit = audit.as_ref().map(|a| a.audit.clone());
+            Arc::new(c)
+        }
         Err(e) => {
             eprintln!("error: {e}");
             return ExitCode::FAILURE;
@@ -636,6 +653,11 @@ async fn run(config: Config, demo: Option<()>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Some(a) = audit.as_mut()
+        && let Some(rx) = a.alerts.take()
+    {
+        palisade_gateway::audit::spawn_responder(gw.clone(), rx, audit_setup::notifier(a.sinks.clone()));
+    }
     if !bound.ip().is_loopback() {
         tracing::warn!(%bound, "listening on a non-loopback address");
     }
@@ -680,7 +702,11 @@ async fn run(config: Config, demo: Option<()>) -> ExitCode {
             let stop_watch = stop.clone();
             tokio::spawn(async move { watcher.watch(stop_watch.cancelled_owned()).await });
         }
-        let state = Arc::new(palisade_gateway::admin::Admin::new(gw.clone(), reported));
+        let mut admin = palisade_gateway::admin::Admin::new(gw.clone(), reported);
+        if let Some(s) = audit.as_ref().and_then(|a| a.sinks.as_ref()) {
+            s.register(admin.registry_mut());
+        }
+        let state = Arc::new(admin);
         let router = palisade_gateway::admin::router(state, admin_tls.as_ref().and_then(|t| t.hsts()));
         let header_timeout = std::time::Duration::from_millis(gw.config.server.header_timeout_ms);
         let stop_admin = stop.clone();
@@ -719,7 +745,11 @@ async fn run(config: Config, demo: Option<()>) -> ExitCode {
             }
         }
     });
-    match palisade_gateway::serve(gw, listener, tls, stop).await {
+    let served = palisade_gateway::serve(gw, listener, tls, stop).await;
+    if let Some(a) = &audit {
+        a.shutdown().await;
+    }
+    match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
@@ -850,10 +880,21 @@ fn secret_key(r: &SecretRef) -> String {
 
 /// The secret store, opened only when the configuration names a stored secret
 /// (environment references need none).
-fn secret_store(config: &Config) -> Result<palisade_secrets::SecretStore, String> {
+pub(crate) fn secret_store(config: &Config) -> Result<palisade_secrets::SecretStore, String> {
     let mut refs: Vec<&SecretRef> = Vec::new();
     if let Some(ic) = &config.auth.introspection {
         refs.push(&ic.client_secret);
+    }
+    refs.extend(config.audit.key.iter());
+    if let Some(k) = config.inspect.remote.as_ref().and_then(|r| r.key.as_ref()) {
+        refs.push(k);
+    }
+    for s in &config.audit.sinks {
+        match &s.kind {
+            palisade_config::SinkKind::Otlp { headers, .. } => refs.extend(headers.values()),
+            palisade_config::SinkKind::Webhook { secret, .. } => refs.extend(secret.iter()),
+            _ => {}
+        }
     }
     for up in config.upstreams.values() {
         if let palisade_config::Transport::Http(h) = &up.get_ref().transport {
@@ -915,6 +956,7 @@ fn token_command(command: TokenCommand) -> ExitCode {
         amr,
         jkt,
         ttl,
+        admin,
     } = command;
     let config = match config {
         Some(path) => match Config::load(&path) {
@@ -952,8 +994,13 @@ fn token_command(command: TokenCommand) -> ExitCode {
     } else {
         endpoint
     };
-    let mut audiences: Vec<String> = names.iter().map(|n| format!("{base}/mcp/{n}")).collect();
-    audiences.push(format!("{base}/mcp"));
+    let audiences: Vec<String> = if admin {
+        vec![format!("{base}/admin")]
+    } else {
+        let mut a: Vec<String> = names.iter().map(|n| format!("{base}/mcp/{n}")).collect();
+        a.push(format!("{base}/mcp"));
+        a
+    };
     let split = |v: Vec<String>| -> Vec<String> {
         v.iter()
             .flat_map(|s| s.split(' '))

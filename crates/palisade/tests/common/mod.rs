@@ -56,6 +56,16 @@ impl Gateway {
     }
 
     pub fn start_with(upstreams: &str, server_extra: &str, env: &[(&str, &str)]) -> Gateway {
+        Gateway::start_full(upstreams, server_extra, env, false)
+    }
+
+    /// As [`Gateway::start_with`], with the process log (stderr) kept in
+    /// `<dir>/stderr.log` for tests that grep it.
+    pub fn start_logged(upstreams: &str, server_extra: &str) -> Gateway {
+        Gateway::start_full(upstreams, server_extra, &[], true)
+    }
+
+    fn start_full(upstreams: &str, server_extra: &str, env: &[(&str, &str)], keep_log: bool) -> Gateway {
         let dir = std::env::temp_dir().join(format!("palisade-test-{}-{}", std::process::id(), rand_suffix()));
         std::fs::create_dir_all(&dir).expect("temp dir");
         let config = format!("[server]\nlisten = \"127.0.0.1:0\"\n{server_extra}\n{upstreams}");
@@ -66,8 +76,13 @@ impl Gateway {
             .arg("--config")
             .arg(&path)
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
             .env("PALISADE_LOG", "info,palisade=debug");
+        if keep_log {
+            let log = std::fs::File::create(dir.join("stderr.log")).expect("log file");
+            cmd.stderr(Stdio::from(log));
+        } else {
+            cmd.stderr(Stdio::inherit());
+        }
         for (k, v) in env {
             cmd.env(k, v);
         }
