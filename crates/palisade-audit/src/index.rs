@@ -255,8 +255,15 @@ impl Index {
             let (seg, off, len) = row.map_err(db_err)?;
             if open.as_ref().is_none_or(|(s, _)| *s != seg) {
                 let path = self.dir.join(segment_name(seg.max(0) as u64));
-                let file = File::open(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-                open = Some((seg, file));
+                match File::open(&path) {
+                    Ok(file) => open = Some((seg, file)),
+                    // Removed by retention: its rows are skipped, the rest answered.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        open = None;
+                        continue;
+                    }
+                    Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+                }
             }
             if let Some((_, file)) = &open {
                 out.push(read_at(file, off.max(0) as u64, len.clamp(0, 16 << 20) as usize)?);

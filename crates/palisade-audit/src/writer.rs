@@ -427,6 +427,11 @@ impl Writer {
                     Err(_) => break,
                 },
             };
+            if first.is_none() && self.file.is_none() {
+                // Failed earlier and idle since: try a fresh segment now, so a
+                // fail-closed gateway reopens without waiting for an event.
+                self.reopen();
+            }
             let mut batch = 0;
             let mut next = first;
             while let Some(m) = next {
@@ -463,21 +468,17 @@ impl Writer {
         {
             d = d.min(self.last_checkpoint + i);
         }
+        if self.file.is_none() {
+            d = d.min(now + Duration::from_secs(1));
+        }
         Some(d.saturating_duration_since(now))
     }
 
     fn event(&mut self, fields: Map<String, Value>) {
         self.processed += 1;
-        if self.file.is_none() {
-            // Failed earlier: try a fresh segment, noting what was lost.
-            let mut extra = Map::new();
-            extra.insert("lost".into(), self.lost_since_failure.into());
-            if self.new_segment("recovered", extra).is_err() {
-                self.lose(1);
-                return;
-            }
-            self.shared.failed.store(false, Ordering::SeqCst);
-            self.lost_since_failure = 0;
+        if self.file.is_none() && !self.reopen() {
+            self.lose(1);
+            return;
         }
         if let Err(e) = self.write_record(&fields, false) {
             self.fail(&e);
@@ -487,6 +488,18 @@ impl Writer {
         if self.seg_bytes >= self.opts.segment_max_bytes {
             self.rotate("size");
         }
+    }
+
+    /// After a failure: a fresh segment noting what was lost; true on success.
+    fn reopen(&mut self) -> bool {
+        let mut extra = Map::new();
+        extra.insert("lost".into(), self.lost_since_failure.into());
+        if self.new_segment("recovered", extra).is_err() {
+            return false;
+        }
+        self.shared.failed.store(false, Ordering::SeqCst);
+        self.lost_since_failure = 0;
+        true
     }
 
     fn lose(&mut self, n: u64) {

@@ -1,5 +1,5 @@
-//! `[audit]`, `[[alerts]]` and `[telemetry]`: the tamper-evident audit chain
-//! (L1–L3), its export to SIEMs (L4), automated response (L5) and traces.
+//! `[audit]` and `[[alerts]]`: the tamper-evident audit chain (L1–L3), its
+//! export to SIEMs (L4) and automated response (L5).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -161,7 +161,7 @@ pub enum SinkKind {
         /// Syslog facility number (default 13, log audit).
         #[serde(default = "default_facility")]
         facility: u8,
-        /// APP-NAME and the CEF device product.
+        /// The syslog APP-NAME (the CEF header always names Palisade).
         #[serde(default = "default_app_name")]
         app_name: String,
     },
@@ -277,31 +277,6 @@ fn default_block() -> u64 {
     900
 }
 
-/// `[telemetry]`: traces over OTLP.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct TelemetryConfig {
-    /// OTLP/HTTP traces endpoint, e.g. `http://collector:4318/v1/traces`. Absent: no export.
-    pub traces_endpoint: Option<String>,
-    #[serde(default)]
-    pub allow_insecure_http: bool,
-    /// `service.name` of the exported resource.
-    pub service_name: String,
-    /// Fraction of new traces sampled (a sampled parent is always followed).
-    pub sample_ratio: f64,
-}
-
-impl Default for TelemetryConfig {
-    fn default() -> Self {
-        TelemetryConfig {
-            traces_endpoint: None,
-            allow_insecure_http: false,
-            service_name: "palisade".into(),
-            sample_ratio: 1.0,
-        }
-    }
-}
-
 /// Event-name patterns: exact, `prefix.*`, or `*`.
 pub fn event_matches(patterns: &[String], name: &str) -> bool {
     patterns.iter().any(|p| pattern_matches(p, name))
@@ -326,7 +301,7 @@ fn valid_pattern(p: &str) -> bool {
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'_'))
 }
 
-pub(crate) fn validate_audit(a: &AuditConfig, alerts: &[AlertRule], t: &TelemetryConfig, errs: &mut Vec<ConfigError>) {
+pub(crate) fn validate_audit(a: &AuditConfig, alerts: &[AlertRule], errs: &mut Vec<ConfigError>) {
     let e = |k: &str, m: &str| err_at(k, None, m.to_owned());
     if a.dir.as_os_str().is_empty() {
         errs.push(e("audit.dir", "must be a folder path"));
@@ -438,12 +413,6 @@ pub(crate) fn validate_audit(a: &AuditConfig, alerts: &[AlertRule], t: &Telemetr
                 ));
             }
         }
-    }
-    if let Some(ep) = &t.traces_endpoint {
-        crate::validate_url(ep, t.allow_insecure_http, "telemetry.traces_endpoint", None, errs);
-    }
-    if !(0.0..=1.0).contains(&t.sample_ratio) {
-        errs.push(e("telemetry.sample_ratio", "must be 0 to 1"));
     }
 }
 

@@ -45,6 +45,18 @@ impl LevelActions {
 }
 
 impl InspectAction {
+    /// The name used in configuration and audit records.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InspectAction::Allow => "allow",
+            InspectAction::Annotate => "annotate",
+            InspectAction::Spotlight => "spotlight",
+            InspectAction::Redact => "redact",
+            InspectAction::Confirm => "confirm",
+            InspectAction::Block => "block",
+        }
+    }
+
     fn parse(s: &str) -> Option<InspectAction> {
         use InspectAction::*;
         Some(match s {

@@ -58,9 +58,6 @@ pub struct Config {
     /// Rules over audit events that set off a response.
     #[serde(default)]
     pub alerts: Vec<AlertRule>,
-    /// Trace export.
-    #[serde(default)]
-    pub telemetry: TelemetryConfig,
 }
 
 /// `[integrity]`: tool pins, rug-pull holds and the tool-poisoning scan (J2).
@@ -115,8 +112,8 @@ pub struct AdminConfig {
     /// (audience: the gateway's public URL + `/admin`) with this scope.
     #[serde(default = "default_admin_scope")]
     pub api_scope: String,
-    /// Require an MFA claim (`amr` listing `mfa`, `otp`, `hwk` or `swk`, or
-    /// `acr` naming MFA) on admin tokens.
+    /// Require an MFA claim on admin tokens: `amr` listing `mfa`, `otp`,
+    /// `hwk`, `swk`, `sms` or `fpt` (RFC 8176), or an `acr` containing `mfa`.
     #[serde(default = "yes")]
     pub require_mfa: bool,
 }
@@ -599,7 +596,7 @@ impl Config {
         validate_controls(self.policy.as_ref(), &self.limits, &self.state, &mut errs);
         let names: Vec<&str> = self.upstreams.keys().map(String::as_str).collect();
         validate_inspect(&self.inspect, &names, &mut errs);
-        validate_audit(&self.audit, &self.alerts, &self.telemetry, &mut errs);
+        validate_audit(&self.audit, &self.alerts, &mut errs);
         if let Some(t) = &s.tls {
             validate_tls("server.tls", t, &mut errs);
         }

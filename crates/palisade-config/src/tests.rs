@@ -253,3 +253,103 @@ key = { env = "SHIELD_KEY" }
         .to_string();
     assert!(e.contains("unknown label"), "{e}");
 }
+
+#[test]
+fn audit_settings_are_checked() {
+    let c = Config::from_toml(MINIMAL).unwrap();
+    assert!(c.audit.enabled, "the audit chain is on by default");
+    assert_eq!(c.audit.fsync, FsyncPolicy::Interval);
+    let good = r#"
+[audit]
+fsync = "always"
+key = { env = "AUDIT_KEY" }
+[audit.payloads.confidential]
+arguments = "hash"
+results = "redacted"
+[[audit.sinks]]
+name = "siem"
+type = "syslog"
+address = "siem.example:6514"
+protocol = "tcp"
+[[audit.sinks]]
+name = "soc"
+type = "webhook"
+url = "https://soc.example/hook"
+secret = { env = "HOOK_SECRET" }
+events = ["alert.*"]
+[[alerts]]
+name = "burst"
+on = ["auth.failure"]
+threshold = 5
+window_s = 60
+group_by = "principal.sub"
+actions = [{ type = "notify", sink = "soc" }, { type = "block_principal", for_s = 600 }]
+"#;
+    let c = Config::from_toml(&format!("{good}{MINIMAL}")).unwrap();
+    assert_eq!(c.audit.sinks.len(), 2);
+    assert_eq!(c.alerts[0].threshold, 5);
+    assert_eq!(c.audit.payloads["confidential"].results, PayloadMode::Redacted);
+    let bad = [
+        ("[audit]\nfsync = \"sometimes\"\n", "unknown variant"),
+        ("[audit]\nfsync_interval_ms = 0\n", "1 to 60000"),
+        ("[audit]\nsegment_max_bytes = 10\n", "at least 4096"),
+        ("[audit]\nqueue = 1\n", "16 to 10000000"),
+        ("[audit]\nkey = \"plain-text-key\"\n", "expected `env` or `secret`"),
+        (
+            "[audit.payloads.public]\narguments = \"everything\"\n",
+            "unknown variant",
+        ),
+        (
+            "[[audit.sinks]]\nname = \"s\"\ntype = \"syslog\"\nadress = \"h:1\"\n",
+            "unknown field `adress`",
+        ),
+        (
+            "[[audit.sinks]]\nname = \"s\"\ntype = \"carrier_pigeon\"\n",
+            "unknown variant",
+        ),
+        (
+            "[[audit.sinks]]\nname = \"s\"\ntype = \"syslog\"\naddress = \"nohost\"\n",
+            "host:port",
+        ),
+        (
+            "[[audit.sinks]]\nname = \"s\"\ntype = \"webhook\"\nurl = \"http://soc.example/x\"\n",
+            "audit.sinks[0].url",
+        ),
+        (
+            "[[audit.sinks]]\nname = \"s\"\ntype = \"file\"\npath = \"a\"\n[[audit.sinks]]\nname = \"s\"\ntype = \"file\"\npath = \"b\"\n",
+            "unique",
+        ),
+        (
+            "[[audit.sinks]]\nname = \"s\"\ntype = \"file\"\npath = \"a\"\nevents = [\"Bad Name\"]\n",
+            "not an event name",
+        ),
+        (
+            "[[alerts]]\nname = \"a\"\non = []\nactions = [{ type = \"kill_switch\" }]\n",
+            "at least one event",
+        ),
+        (
+            "[[alerts]]\nname = \"a\"\non = [\"x.y\"]\nactions = []\n",
+            "at least one action",
+        ),
+        (
+            "[[alerts]]\nname = \"a\"\non = [\"x.y\"]\nthreshold = 0\nactions = [{ type = \"kill_switch\" }]\n",
+            "at least 1",
+        ),
+        (
+            "[[alerts]]\nname = \"a\"\non = [\"x.y\"]\nactions = [{ type = \"notify\", sink = \"nope\" }]\n",
+            "no sink named",
+        ),
+        (
+            "[[alerts]]\nname = \"a\"\non = [\"x.y\"]\nactions = [{ type = \"launch_missiles\" }]\n",
+            "unknown variant",
+        ),
+        (
+            "[[alerts]]\nname = \"a\"\non = [\"x.y\"]\nwhere = { a = { b = 1 } }\nactions = [{ type = \"kill_switch\" }]\n",
+            "string, number, bool",
+        ),
+    ];
+    for (text, want) in bad {
+        let e = Config::from_toml(&format!("{text}{MINIMAL}")).unwrap_err().to_string();
+        assert!(e.contains(want), "{text}: {e}");
+    }
+}

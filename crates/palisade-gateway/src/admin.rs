@@ -30,6 +30,8 @@ pub struct Admin {
     registry: Registry,
     expiry: Family<ListenerLabel, Gauge>,
     sessions: Gauge,
+    /// Chain writer: written, dropped, queue depth, healthy (read at render).
+    audit: [Gauge; 4],
 }
 
 impl std::fmt::Debug for Admin {
@@ -128,12 +130,38 @@ impl Admin {
         for (name, help, counter) in counters {
             registry.register(name, help, counter.clone());
         }
+        registry.register(
+            "stage_seconds",
+            "Latency of each pipeline stage",
+            gw.controls.metrics.stages.0.clone(),
+        );
+        let audit: [Gauge; 4] = Default::default();
+        if gw.controls.audit.is_some() {
+            for (g, (name, help)) in audit.iter().zip([
+                (
+                    "audit_records_written",
+                    "Records appended to the audit chain by this process",
+                ),
+                (
+                    "audit_events_dropped",
+                    "Audit events lost (queue full in fail-open mode, or write errors)",
+                ),
+                ("audit_queue_depth", "Audit events waiting for the chain writer"),
+                (
+                    "audit_healthy",
+                    "1 while the audit chain can be written, 0 after a write failure",
+                ),
+            ]) {
+                registry.register(name, help, g.clone());
+            }
+        }
         Admin {
             gw,
             tls,
             registry,
             expiry,
             sessions,
+            audit,
         }
     }
 
@@ -148,6 +176,17 @@ impl Admin {
             self.expiry
                 .get_or_create(&ListenerLabel { listener: name.clone() })
                 .set(l.info().not_after);
+        }
+        if let Some(a) = &self.gw.controls.audit {
+            let s = a.log.stats();
+            let n = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+            for (g, v) in self
+                .audit
+                .iter()
+                .zip([n(s.written), n(s.dropped), n(s.queue_depth), i64::from(!s.failed)])
+            {
+                g.set(v);
+            }
         }
         let live = self.gw.sessions.lock().map(|m| m.len()).unwrap_or(0);
         self.sessions.set(i64::try_from(live).unwrap_or(i64::MAX));

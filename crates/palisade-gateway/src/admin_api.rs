@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use axum::Router;
-use axum::body::Bytes;
 use axum::extract::{Path, Query, Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -60,6 +59,7 @@ fn has_mfa(id: &Identity) -> bool {
 /// Authenticates and authorizes every admin call.
 async fn guard(State(gw): State<Arc<Gateway>>, mut req: Request, next: Next) -> Response {
     let Some(auth) = &gw.auth else {
+        tracing::warn!(target: "palisade::audit", event = "admin.denied", path = %req.uri().path(), reason = "no_auth_configured", "admin call refused");
         return error(StatusCode::FORBIDDEN, "the admin API needs [auth] to be configured");
     };
     let admin = gw.config.admin.as_ref();
@@ -112,11 +112,16 @@ fn audit_action(who: &AdminCaller, action: &str, target: &str, outcome: &str) {
     );
 }
 
-fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, Response> {
-    if body.len() > 64 * 1024 {
+/// Reads a JSON body (64 KiB at most); a refusal is audited under `action`.
+async fn body<T: for<'de> Deserialize<'de>>(who: &AdminCaller, action: &str, req: Request) -> Result<T, Response> {
+    let Ok(bytes) = axum::body::to_bytes(req.into_body(), 64 * 1024).await else {
+        audit_action(who, action, "", "invalid");
         return Err(error(StatusCode::PAYLOAD_TOO_LARGE, "body over 64 KiB"));
-    }
-    serde_json::from_slice(body).map_err(|e| error(StatusCode::BAD_REQUEST, &format!("invalid JSON body: {e}")))
+    };
+    serde_json::from_slice(&bytes).map_err(|e| {
+        audit_action(who, action, "", "invalid");
+        error(StatusCode::BAD_REQUEST, &format!("invalid JSON body: {e}"))
+    })
 }
 
 fn caller(parts: &http::Extensions) -> Option<AdminCaller> {
@@ -187,12 +192,8 @@ async fn block(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
     let Some(who) = caller(req.extensions()) else {
         return error(StatusCode::UNAUTHORIZED, "unauthenticated");
     };
-    let body = match axum::body::to_bytes(req.into_body(), 64 * 1024).await {
-        Ok(b) => b,
-        Err(_) => return error(StatusCode::PAYLOAD_TOO_LARGE, "body over 64 KiB"),
-    };
-    let p: PrincipalBody = match parse(&body) {
-        Ok(p) => p,
+    let p: PrincipalBody = match body(&who, "principals.block", req).await {
+        Ok(v) => v,
         Err(r) => return r,
     };
     let secs = p.for_s.unwrap_or(3600);
@@ -211,12 +212,8 @@ async fn unblock(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
     let Some(who) = caller(req.extensions()) else {
         return error(StatusCode::UNAUTHORIZED, "unauthenticated");
     };
-    let body: Bytes = match axum::body::to_bytes(req.into_body(), 64 * 1024).await {
-        Ok(b) => b,
-        Err(_) => return error(StatusCode::PAYLOAD_TOO_LARGE, "body over 64 KiB"),
-    };
-    let p: PrincipalBody = match parse(&body) {
-        Ok(p) => p,
+    let p: PrincipalBody = match body(&who, "principals.unblock", req).await {
+        Ok(v) => v,
         Err(r) => return r,
     };
     let target = format!("{} {}", p.iss, p.sub);
@@ -263,15 +260,12 @@ async fn quarantine(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
     let Some(who) = caller(req.extensions()) else {
         return error(StatusCode::UNAUTHORIZED, "unauthenticated");
     };
-    let body = match axum::body::to_bytes(req.into_body(), 64 * 1024).await {
-        Ok(b) => b,
-        Err(_) => return error(StatusCode::PAYLOAD_TOO_LARGE, "body over 64 KiB"),
-    };
-    let q: QuarantineBody = match parse(&body) {
-        Ok(q) => q,
+    let q: QuarantineBody = match body(&who, "quarantine", req).await {
+        Ok(v) => v,
         Err(r) => return r,
     };
     if !gw.upstreams.contains_key(&q.server) {
+        audit_action(&who, "quarantine", &q.server, "not_found");
         return error(StatusCode::NOT_FOUND, "no such server");
     }
     let target = q
@@ -298,7 +292,11 @@ struct KillBody {
     engaged: bool,
 }
 
-async fn kill_state(State(gw): State<Arc<Gateway>>) -> Response {
+async fn kill_state(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
+    let Some(who) = caller(req.extensions()) else {
+        return error(StatusCode::UNAUTHORIZED, "unauthenticated");
+    };
+    audit_action(&who, "killswitch.get", "", "done");
     ok_json(json!({ "engaged": gw.containment.killed() }))
 }
 
@@ -306,12 +304,8 @@ async fn kill_set(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
     let Some(who) = caller(req.extensions()) else {
         return error(StatusCode::UNAUTHORIZED, "unauthenticated");
     };
-    let body = match axum::body::to_bytes(req.into_body(), 64 * 1024).await {
-        Ok(b) => b,
-        Err(_) => return error(StatusCode::PAYLOAD_TOO_LARGE, "body over 64 KiB"),
-    };
-    let k: KillBody = match parse(&body) {
-        Ok(k) => k,
+    let k: KillBody = match body(&who, "killswitch.set", req).await {
+        Ok(v) => v,
         Err(r) => return r,
     };
     gw.containment.set_kill(k.engaged);

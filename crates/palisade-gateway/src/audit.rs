@@ -43,7 +43,11 @@ impl Audit {
             classes: config
                 .upstreams
                 .iter()
-                .map(|(n, u)| (n.clone(), u.get_ref().classification.clone()))
+                .map(|(n, u)| {
+                    let c = &u.get_ref().classification;
+                    // An unclassified server is treated as internal, as elsewhere.
+                    (n.clone(), if c.is_empty() { "internal".to_owned() } else { c.clone() })
+                })
                 .collect(),
             redactor,
         }
@@ -137,7 +141,12 @@ pub async fn layer(State(gw): State<Arc<Gateway>>, req: Request, next: Next) -> 
         request_id = Empty,
         method = Empty,
     );
+    let started = std::time::Instant::now();
     let resp = next.run(req).instrument(span).await;
+    gw.controls
+        .metrics
+        .stages
+        .observe(crate::controls::Stage::Request, started);
     match gw.controls.audit.as_ref().map(|a| a.log.clone()) {
         Some(log) if log.sync_each_event() => hold_until_durable(resp, log),
         _ => resp,

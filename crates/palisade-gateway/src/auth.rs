@@ -116,7 +116,13 @@ pub async fn authenticate(
         query: uri.query(),
         headers,
     };
-    match auth.authenticate(&req, &ep, unix(SystemTime::now())).await {
+    let started = std::time::Instant::now();
+    let verified = auth.authenticate(&req, &ep, unix(SystemTime::now())).await;
+    gw.controls
+        .metrics
+        .stages
+        .observe(crate::controls::Stage::Auth, started);
+    match verified {
         Ok(identity) => {
             if let Err(e) = shared_replay_check(gw, &identity, headers).await {
                 audit_failure(&e, &path, Some(&identity.principal));

@@ -18,9 +18,76 @@ use serde_json::Value;
 
 use crate::session::LiveSession;
 
+/// A pipeline stage, for the latency histograms.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum Stage {
+    /// The whole HTTP request (streams: until the response head).
+    Request,
+    /// Token verification (and the DPoP replay check).
+    Auth,
+    /// Rate limits and quotas.
+    RateLimit,
+    /// Pins, Cedar, step-up and argument validation of a `tools/call`.
+    CallChecks,
+    /// The upstream's answer.
+    Upstream,
+    /// Inspection of the answer (local engine and remote detector).
+    Inspect,
+}
+
+impl Stage {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Request => "request",
+            Stage::Auth => "auth",
+            Stage::RateLimit => "rate_limit",
+            Stage::CallChecks => "call_checks",
+            Stage::Upstream => "upstream",
+            Stage::Inspect => "inspect",
+        }
+    }
+}
+
+impl prometheus_client::encoding::EncodeLabelValue for Stage {
+    fn encode(&self, encoder: &mut prometheus_client::encoding::LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        prometheus_client::encoding::EncodeLabelValue::encode(&self.as_str(), encoder)
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct StageLabel {
+    pub stage: Stage,
+}
+
+/// Per-stage latency histograms (seconds).
+#[derive(Debug)]
+pub struct StageTimes(
+    pub prometheus_client::metrics::family::Family<StageLabel, prometheus_client::metrics::histogram::Histogram>,
+);
+
+impl Default for StageTimes {
+    fn default() -> Self {
+        StageTimes(prometheus_client::metrics::family::Family::new_with_constructor(|| {
+            // 50 µs to ~1.6 s.
+            prometheus_client::metrics::histogram::Histogram::new(
+                prometheus_client::metrics::histogram::exponential_buckets(0.000_05, 2.0, 16),
+            )
+        }))
+    }
+}
+
+impl StageTimes {
+    pub fn observe(&self, stage: Stage, since: std::time::Instant) {
+        self.0
+            .get_or_create(&StageLabel { stage })
+            .observe(since.elapsed().as_secs_f64());
+    }
+}
+
 /// Counters for `/metrics`.
 #[derive(Debug, Default)]
 pub struct ControlMetrics {
+    pub stages: StageTimes,
     pub denied: Counter,
     pub rate_limited: Counter,
     pub invalid_arguments: Counter,
@@ -246,8 +313,8 @@ impl Controls {
                     tracing::info!(
                         target: "palisade::audit",
                         event = "rate.limited",
-                        level,
-                        principal,
+                        limit = level,
+                        decision = "deny",
                         retry_after_ms = d.retry_after.as_millis() as u64,
                         "rate limit hit"
                     );
@@ -491,6 +558,7 @@ pub fn audit_decision(who: &Who, action: Action, target: &str, d: &Decision) {
         tracing::debug!(
             target: "palisade::audit",
             event = "authz.allow",
+            decision = "allow",
             issuer = %who.issuer,
             subject = %who.subject,
             action = action.cedar_id(),
@@ -502,6 +570,7 @@ pub fn audit_decision(who: &Who, action: Action, target: &str, d: &Decision) {
         tracing::info!(
             target: "palisade::audit",
             event = "authz.deny",
+            decision = "deny",
             issuer = %who.issuer,
             subject = %who.subject,
             action = action.cedar_id(),

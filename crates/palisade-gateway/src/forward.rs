@@ -323,6 +323,7 @@ pub async fn forward(
         .map_or_else(|| handle.timeout(), |ms| std::time::Duration::from_millis(*ms));
     // A first-page tools/list that comes back without nextCursor is the whole list.
     let listing = (method == "tools/list").then(|| (gw.integrity.listing_started(), !has_cursor(&msg)));
+    let upstream_started = std::time::Instant::now();
     let result = match &link {
         Link::Stdio { conn, .. } => conn.request(msg, timeout).await,
         Link::Http {
@@ -369,6 +370,10 @@ pub async fn forward(
             }
         }
     };
+    gw.controls
+        .metrics
+        .stages
+        .observe(crate::controls::Stage::Upstream, upstream_started);
     match result {
         Ok(mut resp) => {
             if let Some((started, first_page)) = listing {
@@ -378,6 +383,7 @@ pub async fn forward(
                 policy_filter_response(&gw, &sess, &upstream, key, &mut resp);
             }
             check_answer(&gw, &upstream, called.as_deref(), &client_id, &mut resp);
+            let inspect_started = std::time::Instant::now();
             if resp.result.is_some()
                 && !crate::inspect::on_answer(
                     &gw,
@@ -392,6 +398,12 @@ pub async fn forward(
                 .await
             {
                 return;
+            }
+            if resp.result.is_some() {
+                gw.controls
+                    .metrics
+                    .stages
+                    .observe(crate::controls::Stage::Inspect, inspect_started);
             }
             resp.id = Some(client_id);
             if sess.stateless {

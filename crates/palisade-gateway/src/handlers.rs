@@ -787,15 +787,21 @@ pub async fn handle_request(gw: Arc<Gateway>, sess: Arc<LiveSession>, caller: &C
                 (None, Route::Aggregate) => None,
             };
             let tool = target.as_ref().map(|(_, t)| t.as_str());
-            if let Err(l) = gw
+            let stages = &gw.controls.metrics.stages;
+            let started = std::time::Instant::now();
+            let rated = gw
                 .controls
                 .check_rates(&principal, Some(&sess.sid), upstream, tool)
-                .await
-            {
+                .await;
+            stages.observe(crate::controls::Stage::RateLimit, started);
+            if let Err(l) = rated {
                 return limited(&client_id, l);
             }
             if let Some((upstream, tool)) = &target {
-                match crate::calls::check_call(&gw, &sess, caller, upstream, tool, &mut msg).await {
+                let started = std::time::Instant::now();
+                let checked = crate::calls::check_call(&gw, &sess, caller, upstream, tool, &mut msg).await;
+                stages.observe(crate::controls::Stage::CallChecks, started);
+                match checked {
                     Ok(c) => confirm = c,
                     Err(r) => return r,
                 }

@@ -286,7 +286,7 @@ impl Inspector {
             }
         );
         self.metrics.toxic_flows.inc();
-        tracing::warn!(target: "palisade::audit", event = "inspect.toxic_flow", labels = labels, touched = flow.labels, injection = flow.injection, action = ?action, "toxic flow");
+        tracing::warn!(target: "palisade::audit", event = "inspect.toxic_flow", labels = labels, touched = flow.labels, injection = flow.injection, action = action.as_str(), "toxic flow");
         match action {
             InspectAction::Block => Err(reason),
             InspectAction::Confirm => Ok(Some(reason)),
@@ -580,7 +580,7 @@ impl Inspector {
             end = f.end,
             score = f.score,
             hash = %hash,
-            action = ?action,
+            action = action.as_str(),
             "content finding"
         );
     }

@@ -242,7 +242,12 @@ fn verify(path: Option<PathBuf>, a: &ChainArgs, checkpoints: Option<&Path>, form
         path.parent().map(Path::to_path_buf).unwrap_or_default()
     };
     let key = key(a, &key_dir)?;
-    let r = palisade_audit::verify::verify(&path, &key, checkpoints)?;
+    // A witness file moved by `[audit] checkpoint_file` is read from there.
+    let configured = match (checkpoints, a.config.exists()) {
+        (None, true) => load_config(&a.config)?.audit.checkpoint_file,
+        _ => None,
+    };
+    let r = palisade_audit::verify::verify(&path, &key, checkpoints.or(configured.as_deref()))?;
     if format == "json" {
         let out = json!({
             "ok": r.ok(),

@@ -550,6 +550,24 @@ async fn alert_rules_contain_an_attack_and_the_admin_api_lifts_it() {
     );
     let (s, _) = admin("GET", &format!("{admin_url}/audit?bogus=1"), Some(&ops), None).await;
     assert_eq!(s, 400);
+    // Metrics: the chain writer, the sink, and per-stage latency.
+    let (s, metrics) = admin("GET", &format!("http://127.0.0.1:{admin_port}/metrics"), None, None).await;
+    assert_eq!(s, 200);
+    let value = |prefix: &str| -> f64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(prefix))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(-1.0)
+    };
+    assert!(value("palisade_audit_records_written ") > 10.0, "{metrics}");
+    assert_eq!(value("palisade_audit_healthy "), 1.0, "{metrics}");
+    assert!(value("palisade_sink_sent_total{sink=\"soc\"}") >= 1.0, "{metrics}");
+    for stage in ["request", "auth", "rate_limit", "call_checks", "upstream", "inspect"] {
+        let key = format!("palisade_stage_seconds_count{{stage=\"{stage}\"}}");
+        assert!(value(&key) >= 1.0, "{key} in {metrics}");
+    }
 }
 
 #[tokio::test]
