@@ -324,27 +324,6 @@ fn oauth(key_dir: &Path) -> String {
     )
 }
 
-async fn send(url: &str, token: Option<&str>, session: Option<&str>, msg: &Value) -> Resp {
-    let bearer = token.map(|t| format!("Bearer {t}"));
-    let mut h = vec![
-        ("content-type", "application/json"),
-        ("accept", ACCEPT),
-        ("mcp-protocol-version", "2025-11-25"),
-    ];
-    if let Some(b) = &bearer {
-        h.push(("authorization", b));
-    }
-    if let Some(s) = session {
-        h.push(("mcp-session-id", s));
-    }
-    post_raw(url, msg.to_string(), &h).await
-}
-
-fn init_msg() -> Value {
-    json!({"jsonrpc": "2.0", "id": 0, "method": "initialize",
-           "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}})
-}
-
 async fn open(url: &str, token: &str) -> String {
     let r = send(url, Some(token), None, &init_msg()).await;
     assert_eq!(r.status, 200, "{}", r.body);

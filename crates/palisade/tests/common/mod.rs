@@ -320,3 +320,26 @@ pub fn mint(gw: &Gateway, args: &[&str]) -> String {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout).expect("utf-8").trim().to_owned()
 }
+
+/// A request with an optional bearer token and session.
+pub async fn send(url: &str, token: Option<&str>, session: Option<&str>, msg: &Value) -> Resp {
+    let bearer = token.map(|t| format!("Bearer {t}"));
+    let mut h = vec![
+        ("content-type", "application/json"),
+        ("accept", ACCEPT),
+        ("mcp-protocol-version", "2025-11-25"),
+    ];
+    if let Some(b) = &bearer {
+        h.push(("authorization", b));
+    }
+    if let Some(s) = session {
+        h.push(("mcp-session-id", s));
+    }
+    post_raw(url, msg.to_string(), &h).await
+}
+
+/// An `initialize` request at 2025-11-25.
+pub fn init_msg() -> Value {
+    json!({"jsonrpc": "2.0", "id": 0, "method": "initialize",
+           "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}})
+}
