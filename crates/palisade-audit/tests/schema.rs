@@ -78,12 +78,24 @@ fn log_events(log: &Arc<AuditLog>, round: u64) {
         tracing::debug!(
             target: "palisade::audit",
             event = "authz.allow",
+            decision = "allow",
             issuer = "https://idp.example.com",
             subject = "alice",
             action = "call_tool",
             target = "files/read",
             policies = "permit-read",
             "allowed"
+        );
+        tracing::info!(
+            target: "palisade::audit",
+            event = "authz.deny",
+            decision = "deny",
+            issuer = "https://idp.example.com",
+            subject = "alice",
+            action = "call_tool",
+            target = "files/delete",
+            policies = "forbid-delete",
+            "denied"
         );
         tracing::info!(
             target: "palisade::audit",
@@ -119,15 +131,23 @@ fn log_events(log: &Arc<AuditLog>, round: u64) {
             end = 40u64,
             score = 0.93f64,
             hash = "00112233445566778899aabb",
-            action = "Block",
+            action = "block",
             "content finding"
         );
-        // rate.limited writes its own `level` and `principal` (see the schema).
+        tracing::warn!(
+            target: "palisade::audit",
+            event = "inspect.toxic_flow",
+            labels = "private,untrusted,egress",
+            touched = "private,untrusted",
+            injection = true,
+            action = "confirm",
+            "toxic flow"
+        );
         tracing::info!(
             target: "palisade::audit",
             event = "rate.limited",
-            level = "user",
-            principal = "https://idp.example.com|alice",
+            limit = "user",
+            decision = "deny",
             retry_after_ms = 250u64,
             "rate limit hit"
         );
@@ -177,6 +197,23 @@ fn log_events(log: &Arc<AuditLog>, round: u64) {
             issuer = "https://idp.example.com",
             subject = "root",
             "admin action"
+        );
+        tracing::warn!(
+            target: "palisade::audit",
+            event = "admin.action",
+            action = "killswitch.set",
+            target = "",
+            outcome = "invalid",
+            issuer = "https://idp.example.com",
+            subject = "root",
+            "admin action"
+        );
+        tracing::warn!(
+            target: "palisade::audit",
+            event = "admin.denied",
+            path = "/admin/killswitch",
+            reason = "no_auth_configured",
+            "admin call refused"
         );
         tracing::warn!(
             target: "palisade::audit",
@@ -254,14 +291,17 @@ fn every_line_of_a_real_chain_validates() {
         "audit.checkpoint",
         "session.open",
         "authz.allow",
+        "authz.deny",
         "tool.call",
         "mcp.request",
         "inspect.detection",
+        "inspect.toxic_flow",
         "rate.limited",
         "auth.failure",
         "alert.fired",
         "response.action",
         "admin.action",
+        "admin.denied",
         "tool.held",
         "session.close",
     ] {
@@ -282,6 +322,14 @@ fn every_line_of_a_real_chain_validates() {
     assert_eq!(call["session"], palisade_audit::session_digest("a-session-id"));
     assert_eq!(call["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
     assert_eq!(call["arguments"]["path"], "[REDACTED:pii:email]");
+    // rate.limited takes its principal from the span, like every event.
+    let limited: Value = lines
+        .iter()
+        .map(|(_, l)| serde_json::from_str::<Value>(l).unwrap())
+        .find(|r| r["event"] == "rate.limited")
+        .unwrap();
+    assert_eq!(limited["principal"]["sub"], "alice");
+    assert_eq!(limited["level"], "info");
     // And the chain the schema accepted also verifies.
     let r = palisade_audit::verify::verify(d.path(), &key(), None).unwrap();
     assert!(r.ok(), "{:?}", r.broken);
@@ -307,7 +355,10 @@ fn malformed_records_are_refused() {
     let segment = find("audit.segment");
     let checkpoint = find("audit.checkpoint");
     let limited = find("rate.limited");
-    for r in [&call, &segment, &checkpoint, &limited] {
+    let detection = find("inspect.detection");
+    let deny = find("authz.deny");
+    let admin = find("admin.action");
+    for r in [&call, &segment, &checkpoint, &limited, &detection, &deny, &admin] {
         assert!(v.is_valid(r), "{r}");
     }
 
@@ -375,8 +426,26 @@ fn malformed_records_are_refused() {
     must_fail(&v, &checkpoint, "checkpoint with an extra field", |m| {
         m.insert("note".into(), json!("x"));
     });
-    must_fail(&v, &limited, "rate.limited with an unknown level", |m| {
-        m.insert("level".into(), json!("galaxy"));
+    must_fail(&v, &limited, "rate.limited with an unknown limit", |m| {
+        m.insert("limit".into(), json!("galaxy"));
+    });
+    must_fail(&v, &limited, "rate.limited with the limit as its level", |m| {
+        m.insert("level".into(), json!("user"));
+    });
+    must_fail(&v, &limited, "rate.limited with a string principal", |m| {
+        m.insert("principal".into(), json!("https://idp.example.com|alice"));
+    });
+    must_fail(&v, &limited, "rate.limited without decision", |m| {
+        m.remove("decision");
+    });
+    must_fail(&v, &deny, "authz.deny with decision allow", |m| {
+        m.insert("decision".into(), json!("allow"));
+    });
+    must_fail(&v, &detection, "inspect.detection with a capitalised action", |m| {
+        m.insert("action".into(), json!("Block"));
+    });
+    must_fail(&v, &admin, "admin.action with an unknown outcome", |m| {
+        m.insert("outcome".into(), json!("ok"));
     });
     assert!(!v.is_valid(&json!("not an object")));
     assert!(!v.is_valid(&json!([call])));

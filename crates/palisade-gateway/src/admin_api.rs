@@ -198,6 +198,7 @@ async fn block(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
     };
     let secs = p.for_s.unwrap_or(3600);
     if p.sub.is_empty() || !(1..=31_536_000).contains(&secs) {
+        audit_action(&who, "principals.block", &p.sub, "invalid");
         return error(StatusCode::BAD_REQUEST, "sub must be set and for_s 1 to 31536000");
     }
     gw.containment.block(
