@@ -124,14 +124,21 @@ async fn body<T: for<'de> Deserialize<'de>>(who: &AdminCaller, action: &str, req
     })
 }
 
-fn caller(parts: &http::Extensions) -> Option<AdminCaller> {
-    parts.get::<AdminCaller>().cloned()
+/// Handlers take the admin the guard authenticated; without one (a route
+/// outside the guard) the call is refused.
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for AdminCaller {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut http::request::Parts, _: &S) -> Result<Self, Self::Rejection> {
+        parts
+            .extensions
+            .get::<AdminCaller>()
+            .cloned()
+            .ok_or_else(|| error(StatusCode::UNAUTHORIZED, "unauthenticated"))
+    }
 }
 
-async fn list_sessions(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
-    let Some(who) = caller(req.extensions()) else {
-        return error(StatusCode::UNAUTHORIZED, "unauthenticated");
-    };
+async fn list_sessions(State(gw): State<Arc<Gateway>>, who: AdminCaller) -> Response {
     let now = palisade_session::unix(SystemTime::now());
     let list: Vec<Value> = gw
         .sessions
@@ -155,25 +162,13 @@ async fn list_sessions(State(gw): State<Arc<Gateway>>, req: Request) -> Response
     ok_json(json!({ "sessions": list }))
 }
 
-async fn revoke_session(State(gw): State<Arc<Gateway>>, Path(d): Path<String>, req: Request) -> Response {
-    let Some(who) = caller(req.extensions()) else {
-        return error(StatusCode::UNAUTHORIZED, "unauthenticated");
-    };
-    let found: Vec<_> = gw
-        .sessions
-        .lock()
-        .map(|m| m.values().filter(|s| s.audit_tag() == d).cloned().collect())
-        .unwrap_or_default();
-    if found.is_empty() {
+async fn revoke_session(State(gw): State<Arc<Gateway>>, who: AdminCaller, Path(d): Path<String>) -> Response {
+    if gw.revoke_tagged(&d, "admin").await == 0 {
         audit_action(&who, "sessions.revoke", &d, "not_found");
         return error(
             StatusCode::NOT_FOUND,
             "no live session with this digest on this replica",
         );
-    }
-    for s in found {
-        gw.close_session(&s, true).await;
-        tracing::warn!(target: "palisade::audit", event = "session.revoke", session = %d, by = "admin", "session revoked");
     }
     audit_action(&who, "sessions.revoke", &d, "done");
     StatusCode::NO_CONTENT.into_response()
@@ -188,10 +183,7 @@ struct PrincipalBody {
     for_s: Option<u64>,
 }
 
-async fn block(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
-    let Some(who) = caller(req.extensions()) else {
-        return error(StatusCode::UNAUTHORIZED, "unauthenticated");
-    };
+async fn block(State(gw): State<Arc<Gateway>>, who: AdminCaller, req: Request) -> Response {
     let p: PrincipalBody = match body(&who, "principals.block", req).await {
         Ok(v) => v,
         Err(r) => return r,
@@ -209,10 +201,7 @@ async fn block(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
     StatusCode::NO_CONTENT.into_response()
 }
 
-async fn unblock(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
-    let Some(who) = caller(req.extensions()) else {
-        return error(StatusCode::UNAUTHORIZED, "unauthenticated");
-    };
+async fn unblock(State(gw): State<Arc<Gateway>>, who: AdminCaller, req: Request) -> Response {
     let p: PrincipalBody = match body(&who, "principals.unblock", req).await {
         Ok(v) => v,
         Err(r) => return r,
@@ -230,10 +219,7 @@ async fn unblock(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
     }
 }
 
-async fn blocked(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
-    let Some(who) = caller(req.extensions()) else {
-        return error(StatusCode::UNAUTHORIZED, "unauthenticated");
-    };
+async fn blocked(State(gw): State<Arc<Gateway>>, who: AdminCaller) -> Response {
     let list: Vec<Value> = gw
         .containment
         .blocks()
@@ -257,10 +243,7 @@ struct QuarantineBody {
     reason: Option<String>,
 }
 
-async fn quarantine(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
-    let Some(who) = caller(req.extensions()) else {
-        return error(StatusCode::UNAUTHORIZED, "unauthenticated");
-    };
+async fn quarantine(State(gw): State<Arc<Gateway>>, who: AdminCaller, req: Request) -> Response {
     let q: QuarantineBody = match body(&who, "quarantine", req).await {
         Ok(v) => v,
         Err(r) => return r,
@@ -293,18 +276,12 @@ struct KillBody {
     engaged: bool,
 }
 
-async fn kill_state(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
-    let Some(who) = caller(req.extensions()) else {
-        return error(StatusCode::UNAUTHORIZED, "unauthenticated");
-    };
+async fn kill_state(State(gw): State<Arc<Gateway>>, who: AdminCaller) -> Response {
     audit_action(&who, "killswitch.get", "", "done");
     ok_json(json!({ "engaged": gw.containment.killed() }))
 }
 
-async fn kill_set(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
-    let Some(who) = caller(req.extensions()) else {
-        return error(StatusCode::UNAUTHORIZED, "unauthenticated");
-    };
+async fn kill_set(State(gw): State<Arc<Gateway>>, who: AdminCaller, req: Request) -> Response {
     let k: KillBody = match body(&who, "killswitch.set", req).await {
         Ok(v) => v,
         Err(r) => return r,
@@ -324,10 +301,7 @@ async fn kill_set(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
 }
 
 /// `GET /admin/audit?principal=…&server=…&tool=…&decision=…&category=…&event=…&session=…&since=…&until=…&limit=…`
-async fn audit_query(State(gw): State<Arc<Gateway>>, Query(q): Query<AuditParams>, req: Request) -> Response {
-    let Some(who) = caller(req.extensions()) else {
-        return error(StatusCode::UNAUTHORIZED, "unauthenticated");
-    };
+async fn audit_query(State(gw): State<Arc<Gateway>>, who: AdminCaller, Query(q): Query<AuditParams>) -> Response {
     let Some(audit) = &gw.controls.audit else {
         return error(StatusCode::NOT_FOUND, "the audit chain is off");
     };

@@ -60,6 +60,12 @@ impl Audit {
             .map_or(PayloadMode::None, |p| if results { p.results } else { p.arguments })
     }
 
+    /// Whether anything of this upstream's arguments (or results) is logged:
+    /// callers parse a payload only when it is.
+    pub fn logs_payload(&self, upstream: &str, results: bool) -> bool {
+        self.mode(upstream, results) != PayloadMode::None
+    }
+
     /// A keyed digest of a payload: equal payloads match, and only a
     /// holder of the chain key can test a guess.
     pub fn digest(&self, bytes: &[u8]) -> String {
@@ -201,7 +207,7 @@ pub struct AlertJob {
     pub group: Option<String>,
     pub count: u32,
     /// The record that completed the rule (its chain fields included).
-    pub event: serde_json::Map<String, Value>,
+    pub event: Value,
 }
 
 /// Sends an alert to a named sink; false when it could not be queued.
@@ -239,10 +245,8 @@ pub fn spawn_responder(gw: Arc<Gateway>, mut jobs: tokio::sync::mpsc::Receiver<A
     });
 }
 
-fn str_at<'a>(v: &'a serde_json::Map<String, Value>, path: &str) -> Option<&'a str> {
-    let mut parts = path.split('.');
-    let first = v.get(parts.next()?)?;
-    parts.try_fold(first, |cur, p| cur.get(p)).and_then(Value::as_str)
+fn str_at<'a>(v: &'a Value, path: &str) -> Option<&'a str> {
+    palisade_alerts::field(v, path).and_then(Value::as_str)
 }
 
 async fn act(
@@ -261,7 +265,7 @@ async fn act(
                 "rule": &*job.rule,
                 "group": job.group,
                 "count": job.count,
-                "trigger": Value::Object(ev.clone()),
+                "trigger": ev,
             });
             let ok = notify(sink, &alert);
             (
@@ -282,21 +286,12 @@ async fn act(
                     Err("the event names no session".into()),
                 );
             };
-            let found: Vec<Arc<crate::session::LiveSession>> = gw
-                .sessions
-                .lock()
-                .map(|m| m.values().filter(|s| s.audit_tag() == digest).cloned().collect())
-                .unwrap_or_default();
-            if found.is_empty() {
+            if gw.revoke_tagged(digest, &format!("alert:{}", job.rule)).await == 0 {
                 return (
                     "revoke_session",
                     digest.to_owned(),
                     Err("no live session with this digest here".into()),
                 );
-            }
-            for s in found {
-                gw.close_session(&s, true).await;
-                tracing::warn!(target: "palisade::audit", event = "session.revoke", session = digest, by = %format!("alert:{}", job.rule), "session revoked");
             }
             ("revoke_session", digest.to_owned(), Ok(()))
         }

@@ -450,10 +450,12 @@ impl CallRecord {
         let audit = gw.controls.audit.as_deref();
         let params = msg.params.as_deref().map(RawValue::get);
         let arguments = match (audit, params) {
-            (Some(a), Some(p)) if msg.method() == "tools/call" => serde_json::from_str::<Value>(p)
-                .ok()
-                .and_then(|v| v.get("arguments").cloned())
-                .and_then(|args| a.payload(upstream, false, &args)),
+            (Some(a), Some(p)) if msg.method() == "tools/call" && a.logs_payload(upstream, false) => {
+                serde_json::from_str::<Value>(p)
+                    .ok()
+                    .and_then(|v| v.get("arguments").cloned())
+                    .and_then(|args| a.payload(upstream, false, &args))
+            }
             _ => None,
         };
         CallRecord {
@@ -483,12 +485,12 @@ impl CallRecord {
             Err(_) => "upstream_error",
         };
         let result = match answer {
-            Ok(m) => m
+            Ok(m) if audit.logs_payload(upstream, true) => m
                 .result
                 .as_deref()
                 .and_then(|r| serde_json::from_str::<Value>(r.get()).ok())
                 .and_then(|v| audit.payload(upstream, true, &v)),
-            Err(_) => None,
+            _ => None,
         };
         let duration_ms = self.started.elapsed().as_secs_f64() * 1000.0;
         tracing::info!(

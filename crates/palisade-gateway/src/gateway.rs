@@ -322,6 +322,21 @@ impl Gateway {
         }
     }
 
+    /// Revokes every live session whose audit tag is `tag` (incident
+    /// response); each is audited as `session.revoke` by `by`. Returns how many.
+    pub async fn revoke_tagged(&self, tag: &str, by: &str) -> usize {
+        let found: Vec<Arc<LiveSession>> = self
+            .sessions
+            .lock()
+            .map(|m| m.values().filter(|s| s.audit_tag() == tag).cloned().collect())
+            .unwrap_or_default();
+        for s in &found {
+            self.close_session(s, true).await;
+            tracing::warn!(target: "palisade::audit", event = "session.revoke", session = tag, by, "session revoked");
+        }
+        found.len()
+    }
+
     /// Drops sessions idle too long or past expiry, and stale revocations.
     pub async fn sweep(&self) {
         let now = unix(SystemTime::now());

@@ -384,24 +384,8 @@ fn hidden_text(text: &str, out: &mut Vec<Finding>, decoded: &mut Vec<((usize, us
     }
 }
 
-/// The overall judgement of a text.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Verdict {
-    Clean,
-    Suspicious,
-    Malicious,
-}
-
-impl Verdict {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Verdict::Clean => "clean",
-            Verdict::Suspicious => "suspicious",
-            Verdict::Malicious => "malicious",
-        }
-    }
-}
+/// The overall judgement of a text: the same scale as the tool scanner's.
+pub use palisade_scan::Verdict;
 
 /// Score thresholds for the verdict.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -118,8 +118,8 @@ pub struct Finding {
     pub via: Option<&'static str>,
 }
 
-/// The overall judgement of a scanned object.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+/// The overall judgement of a scanned object (ordered: clean < suspicious < malicious).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Verdict {
     Clean,

@@ -195,27 +195,21 @@ fn key(a: &ChainArgs, dir: &Path) -> Result<AuditKey, String> {
         let text = zeroize::Zeroizing::new(std::env::var(v).map_err(|_| format!("{v} is not set"))?);
         return palisade_audit::key_from_text(&text);
     }
-    let configured = if a.config.exists() {
-        load_config(&a.config)?.audit.key
+    let config = if a.config.exists() {
+        Some(load_config(&a.config)?)
     } else {
         None
     };
-    match configured {
-        Some(r) => {
-            let config = load_config(&a.config)?;
+    match config.as_ref().and_then(|c| c.audit.key.as_ref().map(|r| (c, r))) {
+        Some((config, r)) => {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .map_err(|e| e.to_string())?;
-            let text = rt.block_on(async {
-                let store = crate::secret_store(&config)?;
-                let s = palisade_secrets::resolve(&store, &r)
-                    .await
-                    .map_err(|e| format!("audit.key: {e}"))?;
-                s.expose_str()
-                    .map(|t| zeroize::Zeroizing::new(t.to_owned()))
-                    .map_err(|e| format!("audit.key: {e}"))
-            })?;
+            let text = zeroize::Zeroizing::new(rt.block_on(async {
+                let store = crate::secret_store(config)?;
+                crate::audit_setup::resolve(&store, r, "audit.key").await
+            })?);
             palisade_audit::key_from_text(&text)
         }
         None => {

@@ -76,7 +76,11 @@ impl Running {
     }
 }
 
-async fn resolve(store: &palisade_secrets::SecretStore, r: &SecretRef, what: &str) -> Result<String, String> {
+pub(crate) async fn resolve(
+    store: &palisade_secrets::SecretStore,
+    r: &SecretRef,
+    what: &str,
+) -> Result<String, String> {
     let s = palisade_secrets::resolve(store, r)
         .await
         .map_err(|e| format!("{what}: {e}"))?;
@@ -200,7 +204,7 @@ fn hook(
                     actions: f.actions,
                     group: f.group,
                     count: f.count,
-                    event: value.as_object().cloned().unwrap_or_default(),
+                    event: value.clone(),
                 };
                 if tx.try_send(job).is_err() {
                     tracing::error!(target: "palisade::chain_writer", "alert queue full: an alert was dropped");
