@@ -15,10 +15,12 @@ mod audit;
 mod auth;
 mod controls;
 mod inspect;
+mod traces;
 pub use audit::*;
 pub use auth::*;
 pub use controls::*;
 pub use inspect::*;
+pub use traces::*;
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Deserialize)]
@@ -58,6 +60,9 @@ pub struct Config {
     /// Rules over audit events that set off a response.
     #[serde(default)]
     pub alerts: Vec<AlertRule>,
+    /// OpenTelemetry traces and W3C trace context.
+    #[serde(default)]
+    pub traces: TracesConfig,
 }
 
 /// `[integrity]`: tool pins, rug-pull holds and the tool-poisoning scan (J2).
@@ -597,6 +602,7 @@ impl Config {
         let names: Vec<&str> = self.upstreams.keys().map(String::as_str).collect();
         validate_inspect(&self.inspect, &names, &mut errs);
         validate_audit(&self.audit, &self.alerts, &mut errs);
+        validate_traces(&self.traces, &mut errs);
         if let Some(t) = &s.tls {
             validate_tls("server.tls", t, &mut errs);
         }

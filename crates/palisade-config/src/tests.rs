@@ -353,3 +353,38 @@ actions = [{ type = "notify", sink = "soc" }, { type = "block_principal", for_s 
         assert!(e.contains(want), "{text}: {e}");
     }
 }
+
+#[test]
+fn trace_settings_are_checked() {
+    let c = Config::from_toml(MINIMAL).unwrap();
+    assert!(c.traces.endpoint.is_none(), "no export unless an endpoint is set");
+    assert!(c.traces.propagate && c.traces.trust_incoming);
+    let good = "[traces]\nendpoint = \"https://otel.example/v1/traces\"\nsample_ratio = 0.25\nheaders = { x-api-key = { env = \"OTEL_KEY\" } }\n";
+    let c = Config::from_toml(&format!("{good}{MINIMAL}")).unwrap();
+    assert_eq!(c.traces.sample_ratio, 0.25);
+    let bad = [
+        (
+            "[traces]\nendpoint = \"http://otel.example/v1/traces\"\n",
+            "traces.endpoint",
+        ),
+        ("[traces]\nendpoint = \"https://u:p@otel.example/\"\n", "credentials"),
+        ("[traces]\nsample_ratio = 1.5\n", "0.0 to 1.0"),
+        ("[traces]\nsample_ratio = -0.1\n", "0.0 to 1.0"),
+        ("[traces]\nsample_ratio = nan\n", "0.0 to 1.0"),
+        ("[traces]\nqueue = 0\n", "1 to 1000000"),
+        ("[traces]\nservice_name = \"\"\n", "1 to 256"),
+        (
+            "[traces]\nheaders = { \"bad name\" = { env = \"X\" } }\n",
+            "header name",
+        ),
+        (
+            "[traces]\nheaders = { k = \"inline-secret\" }\n",
+            "expected `env` or `secret`",
+        ),
+        ("[traces]\nsampel_ratio = 1.0\n", "unknown field `sampel_ratio`"),
+    ];
+    for (text, want) in bad {
+        let e = Config::from_toml(&format!("{text}{MINIMAL}")).unwrap_err().to_string();
+        assert!(e.contains(want), "{text}: {e}");
+    }
+}

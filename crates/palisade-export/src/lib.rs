@@ -24,10 +24,12 @@ use zeroize::Zeroizing;
 
 mod format;
 mod otlp;
+mod traces;
 mod worker;
 
 pub use format::{cef, syslog_5424};
 pub use otlp::otlp_logs_request;
+pub use traces::{Attr, SpanData, SpanKind, TraceExporter, otlp_traces_request};
 
 use worker::{FileTx, HttpTx, Stats, SyslogTx, TARGET, Transport, Worker};
 
@@ -86,7 +88,7 @@ impl fmt::Debug for Sinks {
 
 /// Plain `http` only to loopback or with `allow_insecure_http`; no credentials in the URL.
 /// Errors never repeat the URL (a webhook URL is often a bearer secret).
-fn check_url(url: &str, allow_insecure_http: bool) -> Result<(), String> {
+pub(crate) fn check_url(url: &str, allow_insecure_http: bool) -> Result<(), String> {
     let u = reqwest::Url::parse(url).map_err(|e| format!("invalid URL ({e})"))?;
     if !u.username().is_empty() || u.password().is_some() {
         return Err("credentials in the URL are not allowed".into());
@@ -105,12 +107,28 @@ fn check_url(url: &str, allow_insecure_http: bool) -> Result<(), String> {
     }
 }
 
-fn http_client(cfg: &SinkConfig, https_only: bool) -> Result<reqwest::Client, String> {
+/// Header values resolved from the secret store, checked at start so a bad
+/// value fails there and not on every delivery.
+pub(crate) fn resolve_headers(
+    headers: &std::collections::BTreeMap<String, SecretRef>,
+    secret: Resolver<'_>,
+) -> Result<Vec<(HeaderName, Zeroizing<String>)>, String> {
+    let mut resolved = Vec::with_capacity(headers.len());
+    for (name, r) in headers {
+        let n = HeaderName::from_bytes(name.as_bytes()).map_err(|_| format!("header {name:?}: invalid name"))?;
+        let v = Zeroizing::new(secret(r).map_err(|e| format!("header {name}: {e}"))?);
+        http::HeaderValue::from_str(&v).map_err(|_| format!("header {name}: the value is not a valid header value"))?;
+        resolved.push((n, v));
+    }
+    Ok(resolved)
+}
+
+pub(crate) fn http_client(timeout: Duration, https_only: bool) -> Result<reqwest::Client, String> {
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .https_only(https_only)
-        .timeout(timeout_of(cfg))
-        .connect_timeout(timeout_of(cfg))
+        .timeout(timeout)
+        .connect_timeout(timeout)
         .user_agent(concat!("palisade/", env!("CARGO_PKG_VERSION")))
         .no_proxy()
         .build()
@@ -121,7 +139,7 @@ fn timeout_of(cfg: &SinkConfig) -> Duration {
     Duration::from_millis(cfg.timeout_ms.max(1))
 }
 
-type Resolver<'a> = &'a dyn Fn(&SecretRef) -> Result<String, String>;
+pub(crate) type Resolver<'a> = &'a dyn Fn(&SecretRef) -> Result<String, String>;
 
 fn transport(cfg: &SinkConfig, secret: Resolver<'_>) -> Result<Transport, String> {
     Ok(match &cfg.kind {
@@ -152,20 +170,10 @@ fn transport(cfg: &SinkConfig, secret: Resolver<'_>) -> Result<Transport, String
             allow_insecure_http,
         } => {
             check_url(endpoint, *allow_insecure_http).map_err(|e| format!("endpoint: {e}"))?;
-            let mut resolved = Vec::with_capacity(headers.len());
-            for (name, r) in headers {
-                let n =
-                    HeaderName::from_bytes(name.as_bytes()).map_err(|_| format!("header {name:?}: invalid name"))?;
-                let v = Zeroizing::new(secret(r).map_err(|e| format!("header {name}: {e}"))?);
-                // Checked here so a bad value fails at start, not on every delivery.
-                http::HeaderValue::from_str(&v)
-                    .map_err(|_| format!("header {name}: the value is not a valid header value"))?;
-                resolved.push((n, v));
-            }
             Transport::Otlp(HttpTx {
-                client: http_client(cfg, endpoint.starts_with("https:"))?,
+                client: http_client(timeout_of(cfg), endpoint.starts_with("https:"))?,
                 url: endpoint.clone(),
-                headers: resolved,
+                headers: resolve_headers(headers, secret)?,
                 secret: None,
             })
         }
@@ -180,7 +188,7 @@ fn transport(cfg: &SinkConfig, secret: Resolver<'_>) -> Result<Transport, String
                 None => None,
             };
             Transport::Webhook(HttpTx {
-                client: http_client(cfg, url.starts_with("https:"))?,
+                client: http_client(timeout_of(cfg), url.starts_with("https:"))?,
                 url: url.clone(),
                 headers: Vec::new(),
                 secret: key,

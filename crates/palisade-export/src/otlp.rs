@@ -20,13 +20,13 @@ const MAX_DEPTH: usize = 8;
 /// Scope name of every exported record.
 pub(crate) const SCOPE: &str = "palisade.audit";
 
-fn string(s: impl Into<String>) -> AnyValue {
+pub(crate) fn string(s: impl Into<String>) -> AnyValue {
     AnyValue {
         value: Some(any_value::Value::StringValue(s.into())),
     }
 }
 
-fn kv(key: impl Into<String>, value: AnyValue) -> KeyValue {
+pub(crate) fn kv(key: impl Into<String>, value: AnyValue) -> KeyValue {
     KeyValue {
         key: key.into(),
         value: Some(value),

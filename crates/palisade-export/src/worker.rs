@@ -25,7 +25,7 @@ use crate::otlp::otlp_logs_request;
 pub(crate) const TARGET: &str = "palisade::export";
 
 /// Pause after the 1st, 2nd and 3rd failed attempt; after the 4th the records are given up.
-const BACKOFF_MS: [u64; 3] = [100, 400, 1_600];
+pub(crate) const BACKOFF_MS: [u64; 3] = [100, 400, 1_600];
 
 /// Records sent in one OTLP request or one file write ...
 const MAX_BATCH: usize = 512;
@@ -48,7 +48,7 @@ pub(crate) struct Stats {
     pub(crate) depth: Gauge,
     base: Instant,
     last_full_warn: AtomicU64,
-    last_fail_warn: AtomicU64,
+    pub(crate) last_fail_warn: AtomicU64,
 }
 
 impl Stats {
@@ -66,7 +66,7 @@ impl Stats {
     }
 
     /// True at most once per [`WARN_EVERY`] for one limiter (lock-free; callable from any thread).
-    fn may_warn(&self, last: &AtomicU64) -> bool {
+    pub(crate) fn may_warn(&self, last: &AtomicU64) -> bool {
         // +1 so that 0 can mean "never warned".
         let now = u64::try_from(self.base.elapsed().as_millis()).unwrap_or(u64::MAX - 1) + 1;
         let prev = last.load(Ordering::Relaxed);
@@ -285,7 +285,12 @@ impl HttpTx {
     }
 
     async fn otlp(&self, batch: &[Arc<ExportRecord>]) -> Result<(), String> {
-        let body = otlp_logs_request(batch, "palisade").encode_to_vec();
+        self.post_protobuf(otlp_logs_request(batch, "palisade").encode_to_vec())
+            .await
+    }
+
+    /// POSTs an OTLP protobuf body with the configured headers.
+    pub(crate) async fn post_protobuf(&self, body: Vec<u8>) -> Result<(), String> {
         let mut req = self
             .client
             .post(&self.url)

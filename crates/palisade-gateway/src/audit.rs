@@ -12,6 +12,7 @@ use axum::response::Response;
 use futures_util::StreamExt;
 use palisade_audit::{AuditLog, REQUEST_TARGET};
 use palisade_config::{Config, PayloadLogging, PayloadMode};
+use palisade_export::Attr;
 use palisade_inspect::{Category, Engine};
 use serde_json::Value;
 use tracing::Instrument;
@@ -104,40 +105,22 @@ fn redact_strings(v: &mut Value, engine: &Engine) {
     }
 }
 
-/// A W3C trace id: the caller's (`traceparent`), else a new one.
-pub fn trace_id(headers: &http::HeaderMap) -> String {
-    let given = headers.get("traceparent").and_then(|v| v.to_str().ok()).and_then(|t| {
-        let parts: Vec<&str> = t.split('-').collect();
-        match parts.as_slice() {
-            [v, id, span, flags]
-                if v.len() == 2
-                    && *v != "ff"
-                    && id.len() == 32
-                    && span.len() == 16
-                    && flags.len() == 2
-                    && id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-                    && id.bytes().any(|b| b != b'0') =>
-            {
-                Some((*id).to_owned())
-            }
-            _ => None,
-        }
-    });
-    given.unwrap_or_else(|| {
-        let mut b = [0u8; 16];
-        let _ = aws_lc_rs::rand::fill(&mut b);
-        hex::encode(b)
-    })
-}
-
 /// Middleware of the MCP routes: opens the request span (common fields of
 /// every audit event) and, under `fsync = "always"`, holds each part of the
 /// response until the events logged before it are on disk.
 pub async fn layer(State(gw): State<Arc<Gateway>>, req: Request, next: Next) -> Response {
+    let mcp = req.uri().path().starts_with("/mcp");
+    let trace = gw.controls.tracer.begin(req.headers(), mcp);
+    trace.annotate(|| {
+        vec![
+            ("http.request.method", Attr::Str(req.method().as_str().to_owned())),
+            ("url.path", Attr::Str(req.uri().path().to_owned())),
+        ]
+    });
     let span = tracing::info_span!(
         target: REQUEST_TARGET,
         "mcp.request",
-        trace_id = %trace_id(req.headers()),
+        trace_id = %trace.trace_id_hex(),
         route = %req.uri().path(),
         http_method = %req.method(),
         principal.iss = Empty,
@@ -148,11 +131,12 @@ pub async fn layer(State(gw): State<Arc<Gateway>>, req: Request, next: Next) -> 
         method = Empty,
     );
     let started = std::time::Instant::now();
-    let resp = next.run(req).instrument(span).await;
+    let resp = crate::trace::scope(trace.clone(), next.run(req).instrument(span)).await;
     gw.controls
         .metrics
         .stages
         .observe(crate::controls::Stage::Request, started);
+    trace.end(resp.status().as_u16());
     match gw.controls.audit.as_ref().map(|a| a.log.clone()) {
         Some(log) if log.sync_each_event() => hold_until_durable(resp, log),
         _ => resp,
@@ -197,6 +181,19 @@ pub fn record_request(session: Option<&str>, msg: &palisade_wire::Message) {
     if !msg.method().is_empty() {
         span.record("method", msg.method());
     }
+    crate::trace::annotate(|| {
+        let mut a = Vec::with_capacity(3);
+        if !msg.method().is_empty() {
+            a.push(("mcp.method.name", Attr::Str(msg.method().to_owned())));
+        }
+        if let Some(id) = &msg.id {
+            a.push(("jsonrpc.request.id", Attr::Str(id.as_str().to_owned())));
+        }
+        if let Some(s) = session {
+            a.push(("palisade.session", Attr::Str(s.to_owned())));
+        }
+        a
+    });
 }
 
 /// A fired alert rule and the event that fired it, for the responder.

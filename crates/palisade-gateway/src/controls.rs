@@ -77,7 +77,9 @@ impl Default for StageTimes {
 }
 
 impl StageTimes {
+    /// Observes the stage's latency and records it as a span of the current trace.
     pub fn observe(&self, stage: Stage, since: std::time::Instant) {
+        crate::trace::stage(stage, since);
         self.0
             .get_or_create(&StageLabel { stage })
             .observe(since.elapsed().as_secs_f64());
@@ -114,6 +116,8 @@ pub struct Controls {
     /// The audit chain; `None` when `[audit] enabled = false` (events then
     /// reach only the process log).
     pub audit: Option<Arc<crate::audit::Audit>>,
+    /// Trace context and span export.
+    pub tracer: crate::trace::Tracer,
 }
 
 impl std::fmt::Debug for Controls {
@@ -231,6 +235,7 @@ impl Controls {
             metrics: ControlMetrics::default(),
             inspect: None,
             audit: None,
+            tracer: crate::trace::Tracer::new(&config.traces, None),
         }
     }
 

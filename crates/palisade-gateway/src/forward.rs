@@ -3,6 +3,7 @@
 //! fan out to every upstream and names are prefixed (`<server>__<tool>`) or
 //! aliased; a collision removes the colliding tools rather than shadowing one.
 
+use palisade_export::Attr;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -317,6 +318,13 @@ pub async fn forward(
         .then(|| msg.params_as::<NamedParams>().and_then(|p| p.name))
         .flatten();
     let record = CallRecord::start(&gw, &upstream, &msg);
+    crate::trace::annotate(|| {
+        let mut a = vec![("palisade.upstream", Attr::Str(upstream.clone()))];
+        if let Some(t) = &called {
+            a.push(("gen_ai.tool.name", Attr::Str(t.clone())));
+        }
+        a
+    });
     let timeout = called
         .as_deref()
         .and_then(|t| handle.config.tool_timeouts_ms.get(t))
@@ -324,6 +332,7 @@ pub async fn forward(
     // A first-page tools/list that comes back without nextCursor is the whole list.
     let listing = (method == "tools/list").then(|| (gw.integrity.listing_started(), !has_cursor(&msg)));
     let upstream_started = std::time::Instant::now();
+    let up_span = crate::trace::upstream_call(&upstream, &method);
     let result = match &link {
         Link::Stdio { conn, .. } => conn.request(msg, timeout).await,
         Link::Http {
@@ -333,12 +342,13 @@ pub async fn forward(
             subject,
         } => {
             let subject = crate::session::subject_token(subject);
+            let traceparent = up_span.traceparent();
             match up
                 .post(
                     &msg,
                     session.as_deref(),
                     Some(version),
-                    &[],
+                    traceparent.as_slice(),
                     timeout,
                     subject.as_deref(),
                 )
@@ -374,6 +384,7 @@ pub async fn forward(
         .metrics
         .stages
         .observe(crate::controls::Stage::Upstream, upstream_started);
+    up_span.finish(result.as_ref().err().map(ToString::to_string));
     match result {
         Ok(mut resp) => {
             if let Some((started, first_page)) = listing {

@@ -828,9 +828,20 @@ pub async fn call_link(
             subject,
         } => {
             let subject = crate::session::subject_token(subject);
+            let span = crate::trace::upstream_call(up.name(), msg.method());
+            let traceparent = span.traceparent();
             let answer = up
-                .post(msg, session.as_deref(), Some(version), &[], timeout, subject.as_deref())
-                .await?;
+                .post(
+                    msg,
+                    session.as_deref(),
+                    Some(version),
+                    traceparent.as_slice(),
+                    timeout,
+                    subject.as_deref(),
+                )
+                .await;
+            span.finish(answer.as_ref().err().map(ToString::to_string));
+            let answer = answer?;
             let sid = answer.session_id;
             match answer.reply {
                 Reply::Message(m) => Ok((m, sid)),

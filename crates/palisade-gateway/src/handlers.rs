@@ -852,7 +852,7 @@ pub async fn handle_request(gw: Arc<Gateway>, sess: Arc<LiveSession>, caller: &C
                 );
             }
             let (gw2, sess2, stream2) = (gw.clone(), sess.clone(), stream.clone());
-            let task = tokio::spawn(
+            let task = tokio::spawn(crate::trace::carry(
                 async move {
                     let _busy = busy;
                     if let Some(c) = confirm
@@ -863,7 +863,7 @@ pub async fn handle_request(gw: Arc<Gateway>, sess: Arc<LiveSession>, caller: &C
                     forward(gw2, sess2, upstream, msg, stream2).await;
                 }
                 .in_current_span(),
-            );
+            ));
             // The forward task records its upstream id in the in-flight map; keep the handle for cancellation.
             if let Ok(mut m) = sess.requests.lock()
                 && let Some(r) = m.get_mut(&key)
@@ -873,13 +873,13 @@ pub async fn handle_request(gw: Arc<Gateway>, sess: Arc<LiveSession>, caller: &C
         }
         Plan::FanOut { method, key } => {
             let fan = fan_out(gw.clone(), sess.clone(), client_id, method, key, params, stream.clone());
-            tokio::spawn(
+            tokio::spawn(crate::trace::carry(
                 async move {
                     let _busy = busy;
                     fan.await;
                 }
                 .in_current_span(),
-            );
+            ));
         }
         Plan::Local(result) => {
             stream.finish(&Message::response(client_id, result));

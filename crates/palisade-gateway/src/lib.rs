@@ -26,6 +26,7 @@ pub mod session;
 pub mod sse;
 pub mod stateless;
 pub mod stream;
+pub mod trace;
 
 pub use gateway::Gateway;
 pub use server::{build_router, serve, serve_router};

@@ -248,3 +248,28 @@ pub fn notifier(sinks: Option<Arc<Sinks>>) -> palisade_gateway::audit::Notifier 
         None => false,
     })
 }
+
+/// Starts the OTLP trace exporter of `[traces]`; `None` without an endpoint.
+pub async fn start_traces(
+    config: &Config,
+    store: &palisade_secrets::SecretStore,
+) -> Result<Option<Arc<palisade_export::TraceExporter>>, String> {
+    let t = &config.traces;
+    if t.endpoint.is_none() {
+        return Ok(None);
+    }
+    let mut secrets = std::collections::HashMap::new();
+    for (name, r) in &t.headers {
+        let v = resolve(store, r, &format!("traces.headers.{name}")).await?;
+        secrets.insert(format!("{r:?}"), zeroize::Zeroizing::new(v));
+    }
+    let lookup = |r: &SecretRef| {
+        secrets
+            .get(&format!("{r:?}"))
+            .map(|v| v.to_string())
+            .ok_or_else(|| "secret not resolved".to_owned())
+    };
+    let exporter = palisade_export::TraceExporter::start(t, &lookup)?;
+    tracing::info!(sample_ratio = t.sample_ratio, "trace export on");
+    Ok(exporter.map(Arc::new))
+}

@@ -614,11 +614,14 @@ async fn run(config: Config, demo: Option<()>, slot: palisade_audit::AuditSlot) 
             return ExitCode::FAILURE;
         }
     };
-    let audit = match secret_store(&config) {
-        Ok(store) => audit_setup::start(&config, &slot, &store).await,
+    let started = match secret_store(&config) {
+        Ok(store) => match audit_setup::start(&config, &slot, &store).await {
+            Ok(a) => audit_setup::start_traces(&config, &store).await.map(|t| (a, t)),
+            Err(e) => Err(e),
+        },
         Err(e) => Err(e),
     };
-    let mut audit = match audit {
+    let (mut audit, traces) = match started {
         Ok(a) => a,
         Err(e) => {
             eprintln!("error: {e}");
@@ -628,6 +631,7 @@ async fn run(config: Config, demo: Option<()>, slot: palisade_audit::AuditSlot) 
     let controls = match palisade_gateway::controls::Controls::build(&config, policy_dir.as_deref(), inspect).await {
         Ok(mut c) => {
             c.audit = audit.as_ref().map(|a| a.audit.clone());
+            c.tracer = palisade_gateway::trace::Tracer::new(&config.traces, traces.clone());
             Arc::new(c)
         }
         Err(e) => {
@@ -706,6 +710,9 @@ async fn run(config: Config, demo: Option<()>, slot: palisade_audit::AuditSlot) 
         if let Some(s) = audit.as_ref().and_then(|a| a.sinks.as_ref()) {
             s.register(admin.registry_mut());
         }
+        if let Some(t) = &traces {
+            t.register(admin.registry_mut());
+        }
         let state = Arc::new(admin);
         let router = palisade_gateway::admin::router(state, admin_tls.as_ref().and_then(|t| t.hsts()));
         let header_timeout = std::time::Duration::from_millis(gw.config.server.header_timeout_ms);
@@ -748,6 +755,9 @@ async fn run(config: Config, demo: Option<()>, slot: palisade_audit::AuditSlot) 
     let served = palisade_gateway::serve(gw, listener, tls, stop).await;
     if let Some(a) = &audit {
         a.shutdown().await;
+    }
+    if let Some(t) = &traces {
+        t.shutdown(std::time::Duration::from_secs(3)).await;
     }
     match served {
         Ok(()) => ExitCode::SUCCESS,
@@ -889,6 +899,7 @@ pub(crate) fn secret_store(config: &Config) -> Result<palisade_secrets::SecretSt
     if let Some(k) = config.inspect.remote.as_ref().and_then(|r| r.key.as_ref()) {
         refs.push(k);
     }
+    refs.extend(config.traces.headers.values());
     for s in &config.audit.sinks {
         match &s.kind {
             palisade_config::SinkKind::Otlp { headers, .. } => refs.extend(headers.values()),
