@@ -273,3 +273,45 @@ pub async fn start_traces(
     tracing::info!(sample_ratio = t.sample_ratio, "trace export on");
     Ok(exporter.map(Arc::new))
 }
+
+/// Every 10 s, an `export.dropped` audit event for each sink (and the trace
+/// exporter) that dropped records since the last look, so alert rules can
+/// watch for a SIEM going dark. Runs on the runtime, never on the chain
+/// writer's thread (which feeds the sinks and must not wait on itself).
+pub fn spawn_drop_monitor(sinks: Option<Arc<Sinks>>, traces: Option<Arc<palisade_export::TraceExporter>>) {
+    if sinks.is_none() && traces.is_none() {
+        return;
+    }
+    tokio::spawn(async move {
+        let mut seen: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
+        let mut tick = tokio::time::interval(Duration::from_secs(10));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let mut now: Vec<(String, u64)> = Vec::new();
+            if let Some(s) = &sinks {
+                for name in s.names() {
+                    if let Some((_, dropped, _)) = s.counts(&name) {
+                        now.push((name, dropped));
+                    }
+                }
+            }
+            if let Some(t) = &traces {
+                now.push(("traces".to_owned(), t.counts().1));
+            }
+            for (name, total) in now {
+                let before = seen.insert(name.clone(), total).unwrap_or(0);
+                if total > before {
+                    tracing::warn!(
+                        target: "palisade::audit",
+                        event = "export.dropped",
+                        sink = %name,
+                        dropped = total - before,
+                        dropped_total = total,
+                        "export sink dropped records"
+                    );
+                }
+            }
+        }
+    });
+}

@@ -620,3 +620,79 @@ async fn cli_verifies_queries_and_exports_what_the_gateway_wrote() {
     let v: Value = serde_json::from_str(out.trim()).expect("json");
     assert_eq!(v["break"]["kind"], "truncated", "{v}");
 }
+
+/// A TCP port that accepts connections and never reads or answers.
+async fn black_hole() -> String {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = l.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let mut held = vec![];
+        while let Ok((s, _)) = l.accept().await {
+            held.push(s);
+        }
+    });
+    addr.to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dead_sinks_never_hold_up_requests_and_their_drops_raise_an_alert() {
+    let hole = black_hole().await;
+    let dead_port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr")
+    };
+    let (soc, soc_got) = http_receiver().await;
+    let sinks = format!(
+        "[audit]\nfsync = \"always\"\n\
+         [[audit.sinks]]\nname = \"siem-hung\"\ntype = \"syslog\"\naddress = \"{hole}\"\nprotocol = \"tcp\"\nqueue = 16\n\
+         [[audit.sinks]]\nname = \"hook-hung\"\ntype = \"webhook\"\nurl = \"http://{hole}/x\"\nqueue = 16\ntimeout_ms = 3000\n\
+         [[audit.sinks]]\nname = \"otel-dead\"\ntype = \"otlp\"\nendpoint = \"http://{dead_port}/v1/logs\"\nqueue = 16\n\
+         [[audit.sinks]]\nname = \"soc\"\ntype = \"webhook\"\nurl = \"{soc}/alerts\"\nevents = [\"alert.*\"]\n\
+         [[alerts]]\nname = \"siem-dark\"\non = [\"export.dropped\"]\nwhere = {{ sink = \"otel-dead\" }}\nactions = [{{ type = \"notify\", sink = \"soc\" }}]\n"
+    );
+    let gw = Gateway::start_logged(&demo_upstream("demo", "shared"), &sinks);
+    let url = gw.url("/mcp/demo");
+    gw.wait_ready().await;
+    let sid = initialize(&url).await;
+    // Far more records than the dead sinks' queues hold, with every response
+    // held until its records are on disk (fsync = "always").
+    let mut tasks = vec![];
+    for worker in 0..8u64 {
+        let (url, sid) = (url.clone(), sid.clone());
+        tasks.push(tokio::spawn(async move {
+            for i in 0..40 {
+                let r = echo(&url, &sid, worker * 1000 + i, "ping").await;
+                assert_eq!(r.status, 200, "{}", r.body);
+                assert!(r.messages().iter().any(|m| m.get("result").is_some()), "{}", r.body);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("a call failed while sinks were dead");
+    }
+    // The drop monitor looks every 10 s; the alert reaches the live sink.
+    for _ in 0..120 {
+        if soc_got.text().contains("siem-dark") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let alerts = soc_got.text();
+    assert!(
+        alerts.contains("siem-dark") && alerts.contains("export.dropped"),
+        "no alert: {alerts}"
+    );
+    let recs = records(&audit_dir(&gw));
+    let dropped: HashSet<&str> = recs
+        .iter()
+        .filter(|r| r["event"] == "export.dropped")
+        .filter_map(|r| r["sink"].as_str())
+        .collect();
+    assert!(
+        dropped.contains("otel-dead") && dropped.contains("hook-hung"),
+        "{dropped:?}"
+    );
+    assert!(!dropped.contains("soc"), "the live sink dropped records: {dropped:?}");
+    let (code, out) = verify(&audit_dir(&gw));
+    assert_eq!(code, 0, "{out}");
+}
