@@ -193,10 +193,12 @@ async fn block(State(gw): State<Arc<Gateway>>, who: AdminCaller, req: Request) -
         audit_action(&who, "principals.block", &p.sub, "invalid");
         return error(StatusCode::BAD_REQUEST, "sub must be set and for_s 1 to 31536000");
     }
-    gw.containment.block(
+    crate::containment::block(
+        &gw,
         &crate::containment::principal_key(&p.iss, &p.sub),
         std::time::Duration::from_secs(secs),
-    );
+    )
+    .await;
     audit_action(&who, "principals.block", &format!("{} {}", p.iss, p.sub), "done");
     StatusCode::NO_CONTENT.into_response()
 }
@@ -207,10 +209,7 @@ async fn unblock(State(gw): State<Arc<Gateway>>, who: AdminCaller, req: Request)
         Err(r) => return r,
     };
     let target = format!("{} {}", p.iss, p.sub);
-    if gw
-        .containment
-        .unblock(&crate::containment::principal_key(&p.iss, &p.sub))
-    {
+    if crate::containment::unblock(&gw, &crate::containment::principal_key(&p.iss, &p.sub)).await {
         audit_action(&who, "principals.unblock", &target, "done");
         StatusCode::NO_CONTENT.into_response()
     } else {
@@ -286,7 +285,7 @@ async fn kill_set(State(gw): State<Arc<Gateway>>, who: AdminCaller, req: Request
         Ok(v) => v,
         Err(r) => return r,
     };
-    gw.containment.set_kill(k.engaged);
+    crate::containment::set_kill(&gw, k.engaged).await;
     audit_action(
         &who,
         if k.engaged {

@@ -294,10 +294,12 @@ async fn act(
         }
         A::BlockPrincipal { for_s } => match (str_at(ev, "principal.iss"), str_at(ev, "principal.sub")) {
             (Some(iss), Some(sub)) if !sub.is_empty() => {
-                gw.containment.block(
+                crate::containment::block(
+                    gw,
                     &crate::containment::principal_key(iss, sub),
                     std::time::Duration::from_secs(*for_s),
-                );
+                )
+                .await;
                 ("block_principal", format!("{iss} {sub}"), Ok(()))
             }
             _ => (
@@ -329,7 +331,7 @@ async fn act(
             (name, target, r)
         }
         A::KillSwitch => {
-            gw.containment.set_kill(true);
+            crate::containment::set_kill(gw, true).await;
             ("kill_switch", "all MCP traffic".into(), Ok(()))
         }
     }

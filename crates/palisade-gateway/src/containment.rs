@@ -1,11 +1,23 @@
 //! Containment (L5): the global kill switch and blocked principals, set by
-//! alert rules and the admin API. Kept in this process: each replica applies
-//! what its own alerts and admin calls decide (documented in docs/audit.md).
+//! alert rules and the admin API. A decision takes effect in this process at
+//! once; with the Redis state backend it is also written to shared state,
+//! which every replica reads back every second ([`spawn_sync`]).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use palisade_state::SharedContainment;
+
+use crate::gateway::Gateway;
+
+/// A local change this recent wins over a shared snapshot, which may have
+/// been read before the change reached the store.
+const FRESH: Duration = Duration::from_secs(5);
+
+/// How often replicas read the shared containment state.
+const SYNC_EVERY: Duration = Duration::from_secs(1);
 
 /// Most principals blocked at once; past it the oldest block is dropped
 /// (alerts cannot be turned into unbounded memory).
@@ -16,6 +28,10 @@ pub struct Containment {
     kill: AtomicBool,
     /// Principal key (`issuer` NUL `subject`) → until.
     blocked: Mutex<HashMap<String, Instant>>,
+    /// When this process last changed the kill switch.
+    kill_changed: Mutex<Option<Instant>>,
+    /// Principals this process blocked or unblocked lately.
+    recent: Mutex<HashMap<String, Instant>>,
 }
 
 impl Containment {
@@ -26,7 +42,48 @@ impl Containment {
 
     /// Engages or lifts the kill switch; returns the previous state.
     pub fn set_kill(&self, on: bool) -> bool {
+        *self.kill_changed.lock().unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
         self.kill.swap(on, Ordering::SeqCst)
+    }
+
+    fn touched(&self, key: &str) {
+        let mut r = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
+        r.retain(|_, t| t.elapsed() < FRESH);
+        if r.len() < MAX_BLOCKED {
+            r.insert(key.to_owned(), Instant::now());
+        }
+    }
+
+    /// Takes on the shared state: its kill switch and blocks replace this
+    /// process's, except where this process changed them within [`FRESH`].
+    pub fn apply(&self, shared: &SharedContainment, now_unix: u64) {
+        let kill_recent = self
+            .kill_changed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some_and(|t| t.elapsed() < FRESH);
+        if !kill_recent {
+            self.kill.store(shared.kill, Ordering::SeqCst);
+        }
+        let recent: HashSet<String> = {
+            let mut r = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
+            r.retain(|_, t| t.elapsed() < FRESH);
+            r.keys().cloned().collect()
+        };
+        let now = Instant::now();
+        let live: HashMap<&str, Instant> = shared
+            .blocked
+            .iter()
+            .filter(|(_, until)| *until > now_unix)
+            .map(|(k, until)| (k.as_str(), now + Duration::from_secs(until - now_unix)))
+            .collect();
+        let mut m = self.blocked.lock().unwrap_or_else(PoisonError::into_inner);
+        m.retain(|k, _| recent.contains(k) || live.contains_key(k.as_str()));
+        for (k, until) in live {
+            if !recent.contains(k) && m.len() < MAX_BLOCKED {
+                m.insert(k.to_owned(), until);
+            }
+        }
     }
 
     /// Blocks a principal for `d`.
@@ -42,15 +99,20 @@ impl Containment {
             m.remove(&oldest);
         }
         m.insert(key.to_owned(), now + d);
+        drop(m);
+        self.touched(key);
     }
 
     /// Lifts a block; false if there was none.
     pub fn unblock(&self, key: &str) -> bool {
-        self.blocked
+        let had = self
+            .blocked
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(key)
-            .is_some()
+            .is_some();
+        self.touched(key);
+        had
     }
 
     /// Seconds left of a principal's block, if blocked.
@@ -72,6 +134,78 @@ impl Containment {
         v.sort();
         v
     }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+fn shared_failed(what: &str, e: &palisade_state::StateError) {
+    tracing::warn!(
+        target: "palisade::audit",
+        event = "containment.share_failed",
+        action = what,
+        error = %e,
+        "containment decision applied here but not shared with other replicas"
+    );
+}
+
+/// Blocks a principal here and, with shared state, on every replica.
+pub async fn block(gw: &Gateway, key: &str, d: Duration) {
+    gw.containment.block(key, d);
+    let until = unix_now().saturating_add(d.as_secs().max(1));
+    if let Err(e) = gw.controls.state.containment_block(key, until).await {
+        shared_failed("block_principal", &e);
+    }
+}
+
+/// Lifts a block here and in shared state; false if this process had none.
+pub async fn unblock(gw: &Gateway, key: &str) -> bool {
+    let had = gw.containment.unblock(key);
+    if let Err(e) = gw.controls.state.containment_unblock(key).await {
+        shared_failed("unblock_principal", &e);
+    }
+    had
+}
+
+/// Engages or lifts the kill switch here and in shared state.
+pub async fn set_kill(gw: &Gateway, on: bool) -> bool {
+    let was = gw.containment.set_kill(on);
+    if let Err(e) = gw.controls.state.containment_set_kill(on).await {
+        shared_failed(if on { "kill_switch" } else { "kill_switch_lift" }, &e);
+    }
+    was
+}
+
+/// Reads the shared containment state every second (Redis backend only).
+/// While the store is unreachable the last state stays in force.
+pub fn spawn_sync(gw: &Arc<Gateway>) {
+    if matches!(gw.controls.state, palisade_state::Backend::Local(_)) {
+        return;
+    }
+    let weak: Weak<Gateway> = Arc::downgrade(gw);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(SYNC_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut failing = false;
+        loop {
+            tick.tick().await;
+            let Some(gw) = weak.upgrade() else { return };
+            match gw.controls.state.containment().await {
+                Ok(Some(shared)) => {
+                    gw.containment.apply(&shared, unix_now());
+                    failing = false;
+                }
+                Ok(None) => return,
+                Err(e) => {
+                    if !failing {
+                        tracing::warn!(error = %e, "cannot read shared containment state; keeping the last one");
+                    }
+                    failing = true;
+                }
+            }
+        }
+    });
 }
 
 /// The key of a principal in blocks and audit queries.
@@ -97,6 +231,38 @@ mod tests {
         assert!(!c.set_kill(true));
         assert!(c.killed());
         assert!(c.set_kill(false));
+    }
+
+    #[test]
+    fn shared_state_is_applied_but_fresh_local_changes_win() {
+        let c = Containment::default();
+        let now = 1_000_000;
+        let shared = SharedContainment {
+            kill: true,
+            blocked: vec![("a".into(), now + 60), ("expired".into(), now - 1)],
+        };
+        c.apply(&shared, now);
+        assert!(c.killed());
+        assert!(c.blocked_for("a").is_some());
+        assert!(c.blocked_for("expired").is_none());
+        // Lifted on another replica: gone here too.
+        c.apply(&SharedContainment::default(), now);
+        assert!(!c.killed() && c.blocked_for("a").is_none());
+        // A block made here survives a snapshot read before it was shared.
+        c.block("b", Duration::from_secs(60));
+        c.set_kill(true);
+        c.apply(&SharedContainment::default(), now);
+        assert!(c.blocked_for("b").is_some() && c.killed());
+        // An unblock made here is not undone by a stale snapshot.
+        c.unblock("b");
+        c.apply(
+            &SharedContainment {
+                kill: true,
+                blocked: vec![("b".into(), now + 60)],
+            },
+            now,
+        );
+        assert!(c.blocked_for("b").is_none());
     }
 
     #[test]

@@ -102,6 +102,17 @@ pub struct RateDecision {
     pub remaining: u32,
 }
 
+/// Most principals blocked in shared state at once.
+pub const MAX_SHARED_BLOCKS: usize = 100_000;
+
+/// Containment shared by replicas: the kill switch and principal blocks
+/// (principal key → until, unix seconds; expired entries may be present).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SharedContainment {
+    pub kill: bool,
+    pub blocked: Vec<(String, u64)>,
+}
+
 /// Where state lives.
 #[derive(Clone)]
 pub enum Backend {
@@ -230,6 +241,40 @@ impl Backend {
         match self {
             Backend::Local(s) => s.threat_score(principal, half_life),
             Backend::Redis(s) => s.threat_score(principal, half_life).await,
+        }
+    }
+
+    /// Shares the kill switch with every replica (Redis); locally a no-op,
+    /// since the process's own state is all there is.
+    pub async fn containment_set_kill(&self, on: bool) -> Result<(), StateError> {
+        match self {
+            Backend::Local(_) => Ok(()),
+            Backend::Redis(s) => s.containment_set_kill(on).await,
+        }
+    }
+
+    /// Shares a principal block until `until_unix` (never shortens one).
+    /// At most [`MAX_SHARED_BLOCKS`] principals; past that a new one is refused.
+    pub async fn containment_block(&self, principal: &str, until_unix: u64) -> Result<(), StateError> {
+        match self {
+            Backend::Local(_) => Ok(()),
+            Backend::Redis(s) => s.containment_block(principal, until_unix).await,
+        }
+    }
+
+    /// Lifts a shared block.
+    pub async fn containment_unblock(&self, principal: &str) -> Result<(), StateError> {
+        match self {
+            Backend::Local(_) => Ok(()),
+            Backend::Redis(s) => s.containment_unblock(principal).await,
+        }
+    }
+
+    /// What every replica should apply; `None` for the local backend.
+    pub async fn containment(&self) -> Result<Option<SharedContainment>, StateError> {
+        match self {
+            Backend::Local(_) => Ok(None),
+            Backend::Redis(s) => s.containment().await.map(Some),
         }
     }
 

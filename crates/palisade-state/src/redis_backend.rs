@@ -72,6 +72,31 @@ end
 return 1
 "#;
 
+/// A principal block that only ever extends, within a bound on the number of
+/// blocks: expired ones are pruned when the hash is full; past the bound a new
+/// principal is refused (reply -1). KEYS[1] the hash, ARGV: principal, until
+/// (unix s), bound.
+const BLOCK_SCRIPT: &str = r#"
+local until_unix = tonumber(ARGV[2])
+local bound = tonumber(ARGV[3])
+if not until_unix or until_unix ~= until_unix or not bound then
+  return redis.error_reply('ERR palisade: invalid block')
+end
+local old = tonumber(redis.call('HGET', KEYS[1], ARGV[1]))
+if old and old >= until_unix then return 0 end
+if not old and redis.call('HLEN', KEYS[1]) >= bound then
+  local now = tonumber(redis.call('TIME')[1])
+  local all = redis.call('HGETALL', KEYS[1])
+  for i = 1, #all, 2 do
+    local u = tonumber(all[i + 1])
+    if not u or u <= now then redis.call('HDEL', KEYS[1], all[i]) end
+  end
+  if redis.call('HLEN', KEYS[1]) >= bound then return -1 end
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return 1
+"#;
+
 /// Shared prologue of the threat scripts: arguments, clock, decayed current score.
 /// ARGV[1] is the half-life in seconds.
 const THREAT_PROLOGUE: &str = r#"
@@ -124,6 +149,7 @@ pub struct RedisState {
     revoke: Script,
     threat_add: Script,
     threat_get: Script,
+    block: Script,
 }
 
 impl fmt::Debug for RedisState {
@@ -163,6 +189,7 @@ impl RedisState {
             revoke: Script::new(REVOKE_SCRIPT),
             threat_add: Script::new(&format!("{THREAT_PROLOGUE}{THREAT_ADD_EPILOGUE}")),
             threat_get: Script::new(&format!("{THREAT_PROLOGUE}{THREAT_GET_EPILOGUE}")),
+            block: Script::new(BLOCK_SCRIPT),
         })
     }
 
@@ -225,6 +252,63 @@ impl RedisState {
             Some(0 | 1) => Ok(()),
             _ => Err(StateError::Protocol("unexpected revocation reply".into())),
         }
+    }
+
+    /// `{prefix}containment:kill` and `{prefix}containment:blocked` (principal → until, unix s).
+    fn containment_key(&self, which: &str) -> String {
+        format!("{}containment:{which}", self.prefix)
+    }
+
+    pub(crate) async fn containment_set_kill(&self, on: bool) -> Result<(), StateError> {
+        let mut conn = self.conn.clone();
+        let cmd = redis::cmd("SET")
+            .arg(self.containment_key("kill"))
+            .arg(if on { "1" } else { "0" })
+            .to_owned();
+        let _: Value = self.bounded(cmd.query_async(&mut conn)).await?;
+        Ok(())
+    }
+
+    pub(crate) async fn containment_block(&self, principal: &str, until_unix: u64) -> Result<(), StateError> {
+        let mut conn = self.conn.clone();
+        let mut call = self.block.prepare_invoke();
+        call.key(self.containment_key("blocked"))
+            .arg(principal)
+            .arg(until_unix)
+            .arg(crate::MAX_SHARED_BLOCKS);
+        let reply: Value = self.bounded(call.invoke_async(&mut conn)).await?;
+        match as_int(&reply) {
+            Some(0 | 1) => Ok(()),
+            Some(-1) => Err(StateError::Protocol("too many shared blocks".into())),
+            _ => Err(StateError::Protocol("unexpected block reply".into())),
+        }
+    }
+
+    pub(crate) async fn containment_unblock(&self, principal: &str) -> Result<(), StateError> {
+        let mut conn = self.conn.clone();
+        let cmd = redis::cmd("HDEL")
+            .arg(self.containment_key("blocked"))
+            .arg(principal)
+            .to_owned();
+        let _: Value = self.bounded(cmd.query_async(&mut conn)).await?;
+        Ok(())
+    }
+
+    pub(crate) async fn containment(&self) -> Result<crate::SharedContainment, StateError> {
+        let mut conn = self.conn.clone();
+        let kill = redis::cmd("GET").arg(self.containment_key("kill")).to_owned();
+        let kill: Option<String> = self.bounded(kill.query_async(&mut conn)).await?;
+        let all = redis::cmd("HGETALL").arg(self.containment_key("blocked")).to_owned();
+        let all: std::collections::HashMap<String, String> = self.bounded(all.query_async(&mut conn)).await?;
+        let mut blocked: Vec<(String, u64)> = all
+            .into_iter()
+            .filter_map(|(k, v)| v.parse::<u64>().ok().map(|u| (k, u)))
+            .collect();
+        blocked.truncate(crate::MAX_SHARED_BLOCKS);
+        Ok(crate::SharedContainment {
+            kill: kill.as_deref() == Some("1"),
+            blocked,
+        })
     }
 
     pub(crate) async fn is_revoked(&self, sid: &str) -> Result<bool, StateError> {

@@ -657,6 +657,7 @@ async fn run(config: Config, demo: Option<()>, slot: palisade_audit::AuditSlot) 
             return ExitCode::FAILURE;
         }
     };
+    palisade_gateway::containment::spawn_sync(&gw);
     audit_setup::spawn_drop_monitor(audit.as_ref().and_then(|a| a.sinks.clone()), traces.clone());
     if let Some(a) = audit.as_mut()
         && let Some(rx) = a.alerts.take()

@@ -191,3 +191,72 @@ async fn a_gateway_starts_while_redis_is_down_and_refuses_until_it_is_up() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// One command to Redis over RESP; returns the first reply line.
+fn redis_cmd(port: u16, args: &[&str]) -> String {
+    use std::io::{BufRead, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("redis");
+    let mut req = format!("*{}\r\n", args.len());
+    for a in args {
+        req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+    }
+    s.write_all(req.as_bytes()).expect("write");
+    let mut line = String::new();
+    std::io::BufReader::new(s).read_line(&mut line).expect("read");
+    line.trim_end().to_owned()
+}
+
+/// Polls `url` with an echo call until its status is `want` (30 s at most).
+async fn until_status(url: &str, sid: &str, want: u16) -> Resp {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = post(url, Some(sid), &call(99, "echo", json!({"text": "probe"}))).await;
+        if r.status == want || Instant::now() > deadline {
+            return r;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn containment_decided_on_one_replica_holds_on_every_replica() {
+    let redis = Redis::start();
+    // Replica A contains; B has no rules of its own.
+    let rules = "[[alerts]]\nname = \"block-on-add\"\non = [\"tool.call\"]\nwhere = { tool = \"add\" }\n\
+                 actions = [{ type = \"block_principal\", for_s = 600 }]\n\
+                 [[alerts]]\nname = \"stop-on-count\"\non = [\"tool.call\"]\nwhere = { tool = \"word_count\" }\n\
+                 actions = [{ type = \"kill_switch\" }]\n";
+    let a = replica(redis.port, rules);
+    let b = replica(redis.port, "");
+    let (ua, ub) = (a.url("/mcp/demo"), b.url("/mcp/demo"));
+    let sid = initialize(&ua).await;
+    let r = post(&ub, Some(&sid), &call(1, "echo", json!({"text": "before"}))).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+
+    // A blocks the caller; B refuses it too.
+    let r = post(&ua, Some(&sid), &call(2, "add", json!({"a": 1, "b": 2}))).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = until_status(&ub, &sid, 403).await;
+    assert_eq!(r.status, 403, "the block did not reach replica B: {}", r.body);
+    assert!(r.body.contains("incident response"), "{}", r.body);
+    let blocked = redis_cmd(redis.port, &["HLEN", "palisade:containment:blocked"]);
+    assert_eq!(blocked, ":1");
+    // Lifted in the shared store (as another replica's admin API would): both serve again.
+    redis_cmd(redis.port, &["DEL", "palisade:containment:blocked"]);
+    for url in [&ub, &ua] {
+        let r = until_status(url, &sid, 200).await;
+        assert_eq!(r.status, 200, "still blocked at {url}: {}", r.body);
+    }
+
+    // A engages the kill switch; B stops all MCP traffic too.
+    let r = post(&ua, Some(&sid), &call(3, "word_count", json!({"text": "a b c"}))).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = until_status(&ub, &sid, 503).await;
+    assert_eq!(r.status, 503, "the kill switch did not reach replica B: {}", r.body);
+    assert_eq!(redis_cmd(redis.port, &["GET", "palisade:containment:kill"]), "$1");
+    redis_cmd(redis.port, &["SET", "palisade:containment:kill", "0"]);
+    for url in [&ub, &ua] {
+        let r = until_status(url, &sid, 200).await;
+        assert_eq!(r.status, 200, "kill switch still on at {url}: {}", r.body);
+    }
+}
