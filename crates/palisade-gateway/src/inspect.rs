@@ -129,6 +129,10 @@ pub struct Inspector {
     toxic: ToxicFlowConfig,
     remote: Option<Remote>,
     hash_key: hmac::Key,
+    /// Key of the finding hashes in audit records: derived from the chain key
+    /// when the chain is on (stable across restarts, testable by the key's
+    /// holder), else `hash_key`.
+    detection_key: std::sync::OnceLock<hmac::Key>,
     pub metrics: InspectMetrics,
 }
 
@@ -229,6 +233,7 @@ impl Inspector {
             toxic: ic.toxic_flow,
             remote,
             hash_key: hmac::Key::new(hmac::HMAC_SHA256, &key),
+            detection_key: std::sync::OnceLock::new(),
             metrics: InspectMetrics::default(),
         })
     }
@@ -444,6 +449,12 @@ impl Inspector {
         self.max_session
     }
 
+    /// Keys the finding hashes of audit records with `secret` (set once, at
+    /// start, from the audit chain key; later calls are ignored).
+    pub fn set_detection_key(&self, secret: &[u8]) {
+        let _ = self.detection_key.set(hmac::Key::new(hmac::HMAC_SHA256, secret));
+    }
+
     /// The session's spotlight boundary: a keyed digest of its id, so the
     /// content cannot predict it.
     pub fn boundary(&self, sid: &str) -> String {
@@ -563,9 +574,10 @@ impl Inspector {
     /// One audit event per finding: type, location (JSON pointer and byte
     /// offsets) and a keyed hash of the matched text, so repeats can be
     /// correlated without the text (a low-entropy value such as a phone
-    /// number cannot be recovered from the hash without the process key).
+    /// number cannot be recovered from the hash without the key).
     fn audit(&self, ctx: &Ctx, pointer: &str, matched: &str, f: &Finding, action: InspectAction) {
-        let tag = hmac::sign(&self.hash_key, matched.as_bytes());
+        let key = self.detection_key.get().unwrap_or(&self.hash_key);
+        let tag = hmac::sign(key, matched.as_bytes());
         let hash = hex::encode(&tag.as_ref()[..12]);
         tracing::info!(
             target: "palisade::audit",

@@ -628,6 +628,10 @@ async fn run(config: Config, demo: Option<()>, slot: palisade_audit::AuditSlot) 
             return ExitCode::FAILURE;
         }
     };
+    if let (Some(i), Some(a)) = (&inspect, &audit) {
+        // Finding hashes keyed by the chain key: the same value hashes alike across restarts.
+        i.set_detection_key(a.audit.digest(b"palisade-inspect-detection-key").as_bytes());
+    }
     let controls = match palisade_gateway::controls::Controls::build(&config, policy_dir.as_deref(), inspect).await {
         Ok(mut c) => {
             c.audit = audit.as_ref().map(|a| a.audit.clone());
