@@ -169,9 +169,11 @@ async def test_an_injected_result_revokes_the_session_blocks_the_caller_and_noti
                 await again.call_tool("echo", {"message": nonce("again")})
         assert "suspended by an incident response rule" in describe(refused.value), describe(refused.value)
 
+    # The chain's alert.fired names the trigger; the notification carries the whole triggering record.
     fired = [r for r in Hook.received if r.get("event") == "alert.fired"]
-    assert fired[0]["rule"] == "injection-contain"
-    assert fired[0]["trigger"] == "inspect.detection"
+    assert {r["rule"] for r in fired} == {"injection-contain"}, fired
+    triggers = {r["trigger"] if isinstance(r["trigger"], str) else r["trigger"].get("event") for r in fired}
+    assert triggers == {"inspect.detection"}, fired
     actions = {r.get("action") for r in Hook.received if r.get("event") == "response.action"}
     assert {"notify", "revoke_session", "block_principal"} <= actions, actions
     assert all(r.get("outcome") == "done" for r in Hook.received if r.get("event") == "response.action"), Hook.received
