@@ -33,13 +33,21 @@ struct Sealed<R> {
 }
 
 /// SHA-256 of the length-prefixed issuer and subject, hex.
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
 fn owner_digest(p: &Principal) -> String {
     let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
     for part in [&p.issuer, &p.subject] {
         ctx.update(&(part.len() as u32).to_be_bytes());
         ctx.update(part.as_bytes());
     }
-    ctx.finish().as_ref().iter().map(|b| format!("{b:02x}")).collect()
+    let digest = ctx.finish();
+    let mut out = String::with_capacity(64);
+    for b in digest.as_ref() {
+        out.push(char::from(HEX[usize::from(b >> 4)]));
+        out.push(char::from(HEX[usize::from(b & 0xf)]));
+    }
+    out
 }
 /// Tokens longer than this are refused before any decoding.
 pub const MAX_TOKEN_LEN: usize = 4096;
