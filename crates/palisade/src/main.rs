@@ -484,13 +484,19 @@ fn sealer(config: &Config) -> Result<SessionSealer, String> {
     SessionSealer::new(keys, audience).map_err(|e| e.to_string())
 }
 
-/// A relative `policy.dir` is taken from the configuration file's folder.
+/// Relative paths (`policy.dir`, `[audit]`, `auth.dev_issuer.key_file`,
+/// `inspect.secrets_rules`) are taken from the configuration file's folder.
 fn resolve_policy_dir(config: &mut Config, config_path: &std::path::Path) {
     let base = config_path
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(std::path::Path::new("."));
     audit_setup::resolve_paths(config, base);
+    if let Some(dev) = config.auth.dev_issuer.as_mut()
+        && dev.key_file.is_relative()
+    {
+        dev.key_file = base.join(&dev.key_file);
+    }
     if let Some(rules) = config.inspect.secrets_rules.as_mut()
         && !std::path::Path::new(rules.as_str()).is_absolute()
     {
@@ -982,7 +988,11 @@ fn token_command(command: TokenCommand) -> ExitCode {
     } = command;
     let config = match config {
         Some(path) => match Config::load(&path) {
-            Ok(c) => c,
+            Ok(mut c) => {
+                // The same key file as `serve` reads: relative to the configuration's folder.
+                resolve_policy_dir(&mut c, &path);
+                c
+            }
             Err(errs) => {
                 eprintln!("configuration error in {}:\n{errs}", path.display());
                 return ExitCode::FAILURE;

@@ -413,3 +413,33 @@ async fn upstreams_get_the_gateways_own_token_never_the_clients() {
     );
     assert!(bodies.iter().all(|b| !b.contains("s3cret")), "{bodies:?}");
 }
+
+#[tokio::test]
+async fn a_relative_dev_issuer_key_lives_beside_the_config_for_serve_and_mint() {
+    let cfg = format!(
+        "[auth]\nmode = \"oauth\"\npublic_url = \"{PUBLIC}\"\n[auth.dev_issuer]\nkey_file = \"dev-issuer.pem\"\n"
+    );
+    let gw = Gateway::start_with(&demo_upstream("demo", "shared"), &cfg, &[]);
+    gw.wait_ready().await;
+    // Minted from another working directory: the same key must be found.
+    let elsewhere = tempfile::tempdir().expect("dir");
+    let out = std::process::Command::new(palisade_bin())
+        .current_dir(elsewhere.path())
+        .args(["token", "mint", "--config"])
+        .arg(gw.config_path())
+        .args(["--sub", "alice"])
+        .output()
+        .expect("mint");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let token = String::from_utf8(out.stdout).expect("utf-8").trim().to_owned();
+    assert!(
+        gw.dir().join("dev-issuer.pem").exists(),
+        "the key is beside the configuration"
+    );
+    assert!(
+        !elsewhere.path().join("dev-issuer.pem").exists(),
+        "no key in the working directory"
+    );
+    let r = send(&gw.url("/mcp/demo"), Some(&token), None, &init_msg()).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+}
