@@ -245,16 +245,7 @@ fn syslog_time(rec: &Value) -> String {
     if !(0..=9999).contains(&t.year()) {
         return "-".into();
     }
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z",
-        t.year(),
-        u8::from(t.month()),
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second(),
-        t.microsecond()
-    )
+    palisade_audit::chain::timestamp(t)
 }
 
 /// SD-PARAM value escaping (RFC 5424 §6.3.3): `"`, `\` and `]`.

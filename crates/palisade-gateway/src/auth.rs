@@ -201,8 +201,15 @@ pub fn killed() -> Response {
 fn admit(gw: &Gateway, caller: Caller) -> Result<Caller, Response> {
     crate::audit::record_caller(&caller);
     let p = &caller.principal;
-    let key = crate::containment::principal_key(p.issuer(), p.subject());
-    if let Some(left) = gw.containment.blocked_for(&key) {
+    let blocked = gw
+        .containment
+        .any_blocked()
+        .then(|| {
+            gw.containment
+                .blocked_for(&crate::containment::principal_key(p.issuer(), p.subject()))
+        })
+        .flatten();
+    if let Some(left) = blocked {
         tracing::warn!(target: "palisade::audit", event = "access.blocked", seconds_left = left, "request of a blocked principal refused");
         let mut r = json_error(
             StatusCode::FORBIDDEN,

@@ -4,7 +4,7 @@
 //! which every replica reads back every second ([`spawn_sync`]).
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -28,6 +28,9 @@ pub struct Containment {
     kill: AtomicBool,
     /// Principal key (`issuer` NUL `subject`) → until.
     blocked: Mutex<HashMap<String, Instant>>,
+    /// Entries in `blocked` (expired ones included), so the request path
+    /// skips the key and the lock while nobody is blocked.
+    entries: AtomicUsize,
     /// When this process last changed the kill switch.
     kill_changed: Mutex<Option<Instant>>,
     /// Principals this process blocked or unblocked lately.
@@ -84,6 +87,7 @@ impl Containment {
                 m.insert(k.to_owned(), until);
             }
         }
+        self.entries.store(m.len(), Ordering::Release);
     }
 
     /// Blocks a principal for `d`.
@@ -99,20 +103,26 @@ impl Containment {
             m.remove(&oldest);
         }
         m.insert(key.to_owned(), now + d);
+        self.entries.store(m.len(), Ordering::Release);
         drop(m);
         self.touched(key);
     }
 
     /// Lifts a block; false if there was none.
     pub fn unblock(&self, key: &str) -> bool {
-        let had = self
-            .blocked
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(key)
-            .is_some();
+        let had = {
+            let mut m = self.blocked.lock().unwrap_or_else(PoisonError::into_inner);
+            let had = m.remove(key).is_some();
+            self.entries.store(m.len(), Ordering::Release);
+            had
+        };
         self.touched(key);
         had
+    }
+
+    /// Whether any principal may be blocked (one atomic load).
+    pub fn any_blocked(&self) -> bool {
+        self.entries.load(Ordering::Acquire) > 0
     }
 
     /// Seconds left of a principal's block, if blocked.
@@ -221,10 +231,13 @@ mod tests {
     fn blocks_expire_and_lift() {
         let c = Containment::default();
         let k = principal_key("https://idp", "alice");
+        assert!(!c.any_blocked());
         c.block(&k, Duration::from_secs(60));
+        assert!(c.any_blocked());
         assert!(c.blocked_for(&k).is_some_and(|s| s <= 60));
         assert!(c.blocked_for(&principal_key("https://idp", "bob")).is_none());
         assert!(c.unblock(&k));
+        assert!(!c.any_blocked());
         assert!(!c.unblock(&k));
         c.block(&k, Duration::from_millis(0));
         assert!(c.blocked_for(&k).is_none());

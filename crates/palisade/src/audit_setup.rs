@@ -87,6 +87,26 @@ pub(crate) async fn resolve(
     s.expose_str().map(str::to_owned).map_err(|e| format!("{what}: {e}"))
 }
 
+/// Secrets resolved before a synchronous start (sinks, the trace exporter),
+/// looked up by their reference.
+#[derive(Default)]
+struct Resolved(std::collections::HashMap<String, zeroize::Zeroizing<String>>);
+
+impl Resolved {
+    async fn add(&mut self, store: &palisade_secrets::SecretStore, r: &SecretRef, what: &str) -> Result<(), String> {
+        let v = resolve(store, r, what).await?;
+        self.0.insert(format!("{r:?}"), zeroize::Zeroizing::new(v));
+        Ok(())
+    }
+
+    fn get(&self, r: &SecretRef) -> Result<String, String> {
+        self.0
+            .get(&format!("{r:?}"))
+            .map(|v| v.to_string())
+            .ok_or_else(|| "secret not resolved".to_owned())
+    }
+}
+
 fn engine(packs: &str) -> Result<palisade_inspect::Engine, String> {
     palisade_inspect::build(&EngineOptions {
         packs: PackSet::parse(packs)?,
@@ -115,8 +135,7 @@ pub async fn start(
             k
         }
     };
-    // Sink secrets, resolved now: the sinks start synchronously.
-    let mut secrets = std::collections::HashMap::new();
+    let mut secrets = Resolved::default();
     for s in &a.sinks {
         let refs: Vec<&SecretRef> = match &s.kind {
             SinkKind::Otlp { headers, .. } => headers.values().collect(),
@@ -124,20 +143,13 @@ pub async fn start(
             _ => vec![],
         };
         for r in refs {
-            let v = resolve(store, r, &format!("audit.sinks {}", s.name)).await?;
-            secrets.insert(format!("{r:?}"), zeroize::Zeroizing::new(v));
+            secrets.add(store, r, &format!("audit.sinks {}", s.name)).await?;
         }
     }
     let sinks = if a.sinks.is_empty() {
         None
     } else {
-        let lookup = |r: &SecretRef| {
-            secrets
-                .get(&format!("{r:?}"))
-                .map(|v| v.to_string())
-                .ok_or_else(|| "secret not resolved".to_owned())
-        };
-        Some(Arc::new(Sinks::start(&a.sinks, &lookup)?))
+        Some(Arc::new(Sinks::start(&a.sinks, &|r| secrets.get(r))?))
     };
     let alerts = if config.alerts.is_empty() {
         None
@@ -258,18 +270,11 @@ pub async fn start_traces(
     if t.endpoint.is_none() {
         return Ok(None);
     }
-    let mut secrets = std::collections::HashMap::new();
+    let mut secrets = Resolved::default();
     for (name, r) in &t.headers {
-        let v = resolve(store, r, &format!("traces.headers.{name}")).await?;
-        secrets.insert(format!("{r:?}"), zeroize::Zeroizing::new(v));
+        secrets.add(store, r, &format!("traces.headers.{name}")).await?;
     }
-    let lookup = |r: &SecretRef| {
-        secrets
-            .get(&format!("{r:?}"))
-            .map(|v| v.to_string())
-            .ok_or_else(|| "secret not resolved".to_owned())
-    };
-    let exporter = palisade_export::TraceExporter::start(t, &lookup)?;
+    let exporter = palisade_export::TraceExporter::start(t, &|r| secrets.get(r))?;
     tracing::info!(sample_ratio = t.sample_ratio, "trace export on");
     Ok(exporter.map(Arc::new))
 }
