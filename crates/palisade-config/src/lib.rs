@@ -15,11 +15,15 @@ mod audit;
 mod auth;
 mod controls;
 mod inspect;
+mod sandbox;
+mod supply;
 mod traces;
 pub use audit::*;
 pub use auth::*;
 pub use controls::*;
 pub use inspect::*;
+pub use sandbox::*;
+pub use supply::*;
 pub use traces::*;
 
 /// The whole configuration file.
@@ -77,6 +81,8 @@ pub struct IntegrityConfig {
     pub default_pinning: PinMode,
     /// How often the gateway looks for approvals made by `palisade tools`.
     pub poll_interval_ms: u64,
+    /// Refuse to launch stdio upstreams that have no `pin` (P1).
+    pub require_launch_pins: bool,
 }
 
 impl Default for IntegrityConfig {
@@ -85,6 +91,7 @@ impl Default for IntegrityConfig {
             store: "palisade-state.db".into(),
             default_pinning: PinMode::Tofu,
             poll_interval_ms: 1000,
+            require_launch_pins: false,
         }
     }
 }
@@ -359,6 +366,9 @@ pub struct StdioConfig {
     pub env_passthrough: Vec<String>,
     #[serde(default)]
     pub cwd: Option<PathBuf>,
+    /// Confinement of the process (Landlock, seccomp, namespaces, rlimits).
+    #[serde(default)]
+    pub sandbox: SandboxConfig,
     #[serde(default)]
     pub mode: StdioMode,
     #[serde(default = "default_line_limit")]
@@ -370,6 +380,9 @@ pub struct StdioConfig {
     /// Grace period between closing stdin, SIGTERM and SIGKILL on shutdown.
     #[serde(default = "default_shutdown_grace")]
     pub shutdown_grace_ms: u64,
+    /// Supply-chain pin (P1): what the command must be before it is launched.
+    #[serde(default)]
+    pub pin: Option<LaunchPin>,
 }
 
 fn default_line_limit() -> usize {
@@ -492,7 +505,21 @@ impl Config {
                 message: format!("cannot read configuration: {e}"),
             }])
         })?;
-        let env: Vec<(String, String)> = std::env::vars().filter(|(k, _)| k.starts_with(ENV_PREFIX)).collect();
+        // vars() would panic on a variable that is not UTF-8, even an unrelated one.
+        let mut env = Vec::new();
+        for (k, v) in std::env::vars_os() {
+            let Some(k) = k.to_str().filter(|k| k.starts_with(ENV_PREFIX)) else {
+                continue;
+            };
+            let v = v.into_string().map_err(|_| {
+                ConfigErrors(vec![ConfigError {
+                    key: k.to_owned(),
+                    line: None,
+                    message: "environment override is not valid UTF-8".into(),
+                }])
+            })?;
+            env.push((k.to_owned(), v));
+        }
         Config::from_toml_with_env(&text, &env)
     }
 
@@ -781,6 +808,10 @@ impl UpstreamConfig {
                         "backoff must be positive and max >= initial".into(),
                     ));
                 }
+                s.sandbox.validate(key, line, errs);
+                if let Some(pin) = &s.pin {
+                    pin.validate(key, line, errs);
+                }
                 for k in s.env.keys() {
                     if k.is_empty() || k.contains('=') || k.contains('\0') {
                         errs.push(err_at(
@@ -895,10 +926,10 @@ fn toml_error(text: &str, e: &toml::de::Error) -> ConfigError {
 }
 
 fn apply_override(table: &mut toml::Table, key: &str, value: &str) -> Result<(), ConfigError> {
-    let path: Vec<String> = key[ENV_PREFIX.len()..]
-        .split("__")
-        .map(|p| p.to_ascii_lowercase())
-        .collect();
+    let rest = key
+        .strip_prefix(ENV_PREFIX)
+        .ok_or_else(|| err_at(key, None, format!("override names start with {ENV_PREFIX}")))?;
+    let path: Vec<String> = rest.split("__").map(|p| p.to_ascii_lowercase()).collect();
     if path.iter().any(String::is_empty) {
         return Err(err_at(key, None, "malformed override name".into()));
     }

@@ -111,6 +111,11 @@ fn env_overrides_apply() {
     let bad = vec![("PALISADE__SERVER__MAX_BODY_BYTES".to_owned(), "lots".to_owned())];
     let err = Config::from_toml_with_env(MINIMAL, &bad).unwrap_err();
     assert!(err.to_string().contains("after environment overrides"), "{err}");
+    // Names without the prefix (found by fuzz/config_from_toml) are errors, not panics.
+    for name in ["X", "PALISADE_é_", ""] {
+        let odd = vec![(name.to_owned(), "1".to_owned())];
+        assert!(Config::from_toml_with_env(MINIMAL, &odd).is_err(), "{name:?}");
+    }
 }
 
 #[test]

@@ -22,6 +22,38 @@ struct ListenerLabel {
     listener: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UpstreamLabel {
+    upstream: String,
+}
+
+/// Per launched server (shared processes): read from its supervisor at render (X3).
+const PROCESS_METRICS: [(&str, &str); 8] = [
+    ("upstream_process_starts", "Processes started for this stdio server"),
+    ("upstream_process_exits", "Processes of this stdio server that ended"),
+    (
+        "upstream_process_refused_starts",
+        "Starts refused: sandbox unavailable or pin mismatch",
+    ),
+    (
+        "upstream_process_limit_kills",
+        "Processes killed for exceeding a sandbox limit",
+    ),
+    (
+        "upstream_process_last_exit_code",
+        "Exit code of the last process (-1: killed by a signal)",
+    ),
+    (
+        "upstream_process_cpu_milliseconds",
+        "CPU time of the running process tree",
+    ),
+    (
+        "upstream_process_resident_bytes",
+        "Resident memory of the running process tree",
+    ),
+    ("upstream_process_peak_resident_bytes", "Highest resident memory seen"),
+];
+
 /// What the admin endpoints read.
 pub struct Admin {
     gw: Arc<Gateway>,
@@ -32,6 +64,7 @@ pub struct Admin {
     sessions: Gauge,
     /// Chain writer: written, dropped, queue depth, healthy (read at render).
     audit: [Gauge; 4],
+    process: [Family<UpstreamLabel, Gauge>; 8],
 }
 
 impl std::fmt::Debug for Admin {
@@ -155,7 +188,12 @@ impl Admin {
                 registry.register(name, help, g.clone());
             }
         }
+        let process: [Family<UpstreamLabel, Gauge>; 8] = Default::default();
+        for (f, (name, help)) in process.iter().zip(PROCESS_METRICS) {
+            registry.register(name, help, f.clone());
+        }
         Admin {
+            process,
             gw,
             tls,
             registry,
@@ -188,11 +226,39 @@ impl Admin {
                 g.set(v);
             }
         }
+        self.render_processes();
         let live = self.gw.sessions.lock().map(|m| m.len()).unwrap_or(0);
         self.sessions.set(i64::try_from(live).unwrap_or(i64::MAX));
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
         Ok(out)
+    }
+}
+
+impl Admin {
+    fn render_processes(&self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let n = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        for (name, up) in &self.gw.upstreams {
+            let crate::gateway::UpstreamKind::Stdio { shared: Some(conn), .. } = &up.kind else {
+                continue;
+            };
+            let st = conn.stats();
+            let label = UpstreamLabel { upstream: name.clone() };
+            let values = [
+                n(st.starts.load(Relaxed)),
+                n(st.exits.load(Relaxed)),
+                n(st.refused.load(Relaxed)),
+                n(st.limit_kills.load(Relaxed)),
+                st.last_exit_code.load(Relaxed),
+                n(st.cpu_ms.load(Relaxed)),
+                n(st.rss_bytes.load(Relaxed)),
+                n(st.peak_rss_bytes.load(Relaxed)),
+            ];
+            for (f, v) in self.process.iter().zip(values) {
+                f.get_or_create(&label).set(v);
+            }
+        }
     }
 }
 

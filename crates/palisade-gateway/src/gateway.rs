@@ -35,6 +35,8 @@ pub struct UpstreamHandle {
 }
 
 #[derive(Debug)]
+// Built once per upstream at start; the size difference costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum UpstreamKind {
     Stdio {
         spec: StdioSpec,
@@ -184,6 +186,7 @@ impl Gateway {
                         config: sc.clone(),
                         limits,
                         init_params: gateway_init_params(stateful),
+                        require_launch_pins: config.integrity.require_launch_pins,
                     };
                     let shared = if sc.mode == palisade_config::StdioMode::Shared {
                         let (conn, events) = StdioConnection::start(spec.clone());

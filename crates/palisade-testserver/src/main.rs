@@ -9,6 +9,7 @@
 //! In HTTP mode the first line on stdout is `listening http://127.0.0.1:PORT/mcp`.
 
 mod fixtures;
+mod hostile;
 mod server;
 mod sessions;
 

@@ -5,6 +5,7 @@
 //! so one upstream connection can carry many client sessions without collisions.
 
 pub mod http;
+pub mod launch;
 pub mod oauth;
 pub mod pin;
 pub mod sse;

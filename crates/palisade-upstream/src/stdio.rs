@@ -9,7 +9,6 @@
 //! `initialize` handshake with the parameters the connection was created with.
 
 use std::collections::HashMap;
-use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -18,11 +17,12 @@ use palisade_config::StdioConfig;
 use palisade_wire::{Id, Kind, Limits, Message, parse_message};
 use serde_json::value::RawValue;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::process::{Child, ChildStdin, Command};
+use tokio::process::{Child, ChildStdin};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::UpstreamError;
+use crate::launch::{Applied, Launcher, ProcessStats, Refusal, spawn_monitor};
 
 /// Default `PATH` for launched servers when the configuration declares none.
 pub const SAFE_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
@@ -69,6 +69,7 @@ pub struct StdioConnection {
     stop: CancellationToken,
     done: watch::Receiver<bool>,
     pid: Arc<AtomicU64>,
+    stats: Arc<ProcessStats>,
 }
 
 /// Everything needed to start a server.
@@ -79,6 +80,8 @@ pub struct StdioSpec {
     pub limits: Limits,
     /// Parameters of the `initialize` request sent after every start.
     pub init_params: Box<RawValue>,
+    /// Refuse to start without a supply-chain pin (`integrity.require_launch_pins`).
+    pub require_launch_pins: bool,
 }
 
 impl StdioConnection {
@@ -91,7 +94,9 @@ impl StdioConnection {
         let pending = Arc::new(Mutex::new(Pending::new()));
         let stop = CancellationToken::new();
         let pid = Arc::new(AtomicU64::new(0));
+        let stats = Arc::new(ProcessStats::default());
         let conn = Arc::new(StdioConnection {
+            stats: stats.clone(),
             name: spec.name.clone(),
             outbox: outbox_tx,
             pending: pending.clone(),
@@ -101,6 +106,8 @@ impl StdioConnection {
             pid: pid.clone(),
         });
         let sup = Supervisor {
+            launcher: Launcher::new(spec.name.clone(), stop.clone()),
+            stats: stats.clone(),
             spec,
             outbox: outbox_rx,
             events: events_tx,
@@ -118,6 +125,11 @@ impl StdioConnection {
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Restarts, exits and resource use of the supervised process (X3).
+    pub fn stats(&self) -> &ProcessStats {
+        &self.stats
     }
 
     /// The current handshake result, if the process is up.
@@ -262,6 +274,8 @@ struct Supervisor {
     ready: watch::Sender<Option<Arc<Ready>>>,
     stop: CancellationToken,
     pid: Arc<AtomicU64>,
+    launcher: Launcher,
+    stats: Arc<ProcessStats>,
 }
 
 enum Exit {
@@ -277,9 +291,9 @@ impl Supervisor {
         loop {
             generation += 1;
             let started = Instant::now();
-            let exit = match self.spawn() {
-                Ok(child) => self.serve(child, generation).await,
-                Err(e) => Exit::Died(format!("cannot start {:?}: {e}", cfg.command)),
+            let exit = match self.spawn().await {
+                Ok((child, applied)) => self.serve(child, generation, applied).await,
+                Err(refusal) => self.refused(refusal),
             };
             self.pid.store(0, Ordering::Relaxed);
             let _ = self.ready.send(None);
@@ -305,35 +319,71 @@ impl Supervisor {
         }
     }
 
-    fn spawn(&self) -> std::io::Result<Child> {
+    async fn spawn(&mut self) -> Result<(Child, Applied), Refusal> {
         let cfg = &self.spec.config;
-        let mut cmd = Command::new(&cfg.command);
-        cmd.args(&cfg.args)
-            .env_clear()
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0)
-            .kill_on_drop(true);
-        if !cfg.env.contains_key("PATH") && !cfg.env_passthrough.iter().any(|k| k == "PATH") {
-            cmd.env("PATH", SAFE_PATH);
-        }
-        for name in &cfg.env_passthrough {
-            if let Some(v) = std::env::var_os(name) {
-                cmd.env(name, v);
+        let require = self.spec.require_launch_pins;
+        if cfg.pin.is_some() || require {
+            let c = cfg.clone();
+            match tokio::task::spawn_blocking(move || palisade_supply::check_launch(&c, require)).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return Err(Refusal::Pin(e.to_string())),
+                Err(e) => return Err(Refusal::Pin(format!("verification failed: {e}"))),
             }
         }
-        cmd.envs(&cfg.env);
-        if let Some(dir) = &cfg.cwd {
-            cmd.current_dir(dir);
-        }
-        cmd.spawn()
+        let (mut cmd, applied) = self.launcher.command(cfg).await?;
+        let child = cmd.spawn().map_err(|e| Refusal::Spawn(e.to_string()))?;
+        Ok((child, applied))
     }
 
-    async fn serve(&mut self, mut child: Child, generation: u64) -> Exit {
+    fn refused(&self, refusal: Refusal) -> Exit {
+        self.stats.refused.fetch_add(1, Ordering::Relaxed);
+        let name = &self.spec.name;
+        let (event, what, why) = match refusal {
+            Refusal::Sandbox(why) => ("upstream.sandbox_refused", "sandbox", why),
+            Refusal::Pin(why) => ("upstream.pin_mismatch", "pin mismatch", why),
+            Refusal::Spawn(why) => {
+                return Exit::Died(format!("cannot start {:?}: {why}", self.spec.config.command));
+            }
+        };
+        tracing::error!(
+            target: "palisade::audit",
+            event,
+            upstream = %name,
+            reason = %why,
+            "server not started: {what}"
+        );
+        let reason = format!("{what}: {why}");
+        Exit::Died(reason)
+    }
+
+    async fn serve(&mut self, mut child: Child, generation: u64, applied: Applied) -> Exit {
         let name = self.spec.name.clone();
         let pid = child.id().unwrap_or(0);
         self.pid.store(u64::from(pid), Ordering::Relaxed);
+        self.stats.starts.fetch_add(1, Ordering::Relaxed);
+        let up_since = Instant::now();
+        tracing::info!(
+            target: "palisade::audit",
+            event = "upstream.started",
+            upstream = %name,
+            pid,
+            generation,
+            sandbox = %applied.sandbox.join(","),
+            uid = applied.uid.map_or_else(|| "inherited".to_owned(), |u| u.to_string()),
+            "stdio server started"
+        );
+        let monitor_done = CancellationToken::new();
+        let monitor = spawn_monitor(
+            name.clone(),
+            pid,
+            if self.spec.config.sandbox.mode == palisade_config::SandboxMode::Off {
+                0
+            } else {
+                self.spec.config.sandbox.limits.memory_mb
+            },
+            self.stats.clone(),
+            monitor_done.clone(),
+        );
         let (Some(stdin), Some(stdout), Some(stderr)) = (child.stdin.take(), child.stdout.take(), child.stderr.take())
         else {
             return Exit::Died("stdio pipes unavailable".into());
@@ -385,8 +435,52 @@ impl Supervisor {
             },
         };
         terminate(&mut child, stdin.take(), pid, self.spec.config.shutdown_grace_ms).await;
+        monitor_done.cancel();
+        let _ = monitor.await;
+        if let Ok(Some(status)) = child.try_wait() {
+            self.exited(pid, status, up_since);
+        }
         stderr_task.abort();
         exit
+    }
+
+    /// Records how a process ended (X3).
+    fn exited(&self, pid: u32, status: std::process::ExitStatus, since: Instant) {
+        use std::os::unix::process::ExitStatusExt;
+        let st = &self.stats;
+        st.exits.fetch_add(1, Ordering::Relaxed);
+        let code = status.code().map_or(-1, i64::from);
+        let signal = status.signal().unwrap_or(0);
+        st.last_exit_code.store(code, Ordering::Relaxed);
+        st.last_signal.store(i64::from(signal), Ordering::Relaxed);
+        let limit = match signal {
+            libc::SIGXCPU => Some("cpu"),
+            libc::SIGXFSZ => Some("file_size"),
+            _ => None,
+        };
+        if let Some(limit) = limit {
+            st.limit_kills.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                target: "palisade::audit",
+                event = "upstream.limit_exceeded",
+                upstream = %self.spec.name,
+                pid,
+                limit,
+                "server killed by the kernel for exceeding its limit"
+            );
+        }
+        tracing::warn!(
+            target: "palisade::audit",
+            event = "upstream.exited",
+            upstream = %self.spec.name,
+            pid,
+            code,
+            signal,
+            uptime_ms = u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX),
+            cpu_ms = st.cpu_ms.load(Ordering::Relaxed),
+            peak_rss_kb = st.peak_rss_bytes.load(Ordering::Relaxed) / 1024,
+            "stdio server exited"
+        );
     }
 
     async fn handshake(

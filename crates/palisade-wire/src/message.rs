@@ -184,7 +184,11 @@ pub fn parse_message(bytes: &[u8], limits: &Limits) -> Result<Message, DecodeErr
             ));
         }
     }
-    let env: Envelope = serde_json::from_slice(bytes).map_err(|e| {
+    // serde_json checks UTF-8 only in what it decodes: an unknown member it
+    // skips could carry invalid bytes (found by fuzz/wire_parse_message).
+    let text = std::str::from_utf8(bytes)
+        .map_err(|_| DecodeError::new(codes::PARSE_ERROR, "malformed JSON-RPC message: not valid UTF-8"))?;
+    let env: Envelope = serde_json::from_str(text).map_err(|e| {
         let code = if e.is_data() {
             codes::INVALID_REQUEST
         } else {
@@ -192,7 +196,40 @@ pub fn parse_message(bytes: &[u8], limits: &Limits) -> Result<Message, DecodeErr
         };
         DecodeError::new(code, format!("malformed JSON-RPC message: {e}"))
     })?;
+    // The envelope keeps params/result/error raw. A lone surrogate escape or a
+    // number beyond f64 passes that parse but not a `Value` parse, and every
+    // check that reads the payload as a `Value` would then see nothing: refuse
+    // such messages here (found while fuzzing the decoder).
+    if may_not_decode(bytes)
+        && let Err(e) = serde_json::from_str::<serde_json::Value>(text)
+    {
+        return Err(DecodeError::new(
+            codes::PARSE_ERROR,
+            format!("malformed JSON-RPC message: {e}"),
+        ));
+    }
     validate(env)
+}
+
+/// Whether the text has a `\uD...` escape, a digit followed by an exponent
+/// marker, or a run of more than 300 digits: the only ways JSON that parses
+/// can still fail to become a `Value`. False positives only cost a second parse.
+fn may_not_decode(b: &[u8]) -> bool {
+    let mut digits = 0usize;
+    for (i, &c) in b.iter().enumerate() {
+        if c.is_ascii_digit() {
+            digits += 1;
+            if digits > 300 || matches!(b.get(i + 1), Some(b'e' | b'E')) {
+                return true;
+            }
+            continue;
+        }
+        digits = 0;
+        if c == b'\\' && b.get(i + 1) == Some(&b'u') && matches!(b.get(i + 2), Some(b'd' | b'D')) {
+            return true;
+        }
+    }
+    false
 }
 
 fn validate(env: Envelope) -> Result<Message, DecodeError> {
@@ -479,6 +516,39 @@ mod tests {
     #[test]
     fn refuses_invalid_utf8() {
         let bytes = b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"\xff\xfe\"}";
+        let err = parse_message(bytes, &Limits::default()).unwrap_err();
+        assert_eq!(err.code, codes::PARSE_ERROR);
+    }
+
+    /// Unknown members are skipped by serde_json without a UTF-8 check; the
+    /// message was accepted with invalid bytes there (fuzz/wire_parse_message).
+    #[test]
+    fn refuses_payloads_a_value_cannot_hold() {
+        let l = Limits::default();
+        for bad in [
+            r#"{"jsonrpc":"2.0","id":1,"result":{"content":[{"type":"text","text":"hi"}],"x":"\ud800"}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"result":{"n":1e400}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"m","params":{"n":-2E+999}}"#,
+        ] {
+            assert!(parse_message(bad.as_bytes(), &l).is_err(), "{bad}");
+        }
+        let long = format!(r#"{{"jsonrpc":"2.0","id":1,"result":{{"n":{}}}}}"#, "9".repeat(400));
+        assert!(parse_message(long.as_bytes(), &l).is_err());
+        // Valid pairs, exponents in range and hex digests still pass.
+        for good in [
+            r#"{"jsonrpc":"2.0","id":1,"result":{"t":"\ud83d\ude00","n":1.5e10,"h":"a1e4"}}"#,
+            r#"{"jsonrpc":"2.0","id":2,"result":{"t":"\u00e9"}}"#,
+        ] {
+            assert!(parse_message(good.as_bytes(), &l).is_ok(), "{good}");
+        }
+    }
+
+    #[test]
+    fn refuses_invalid_utf8_in_unknown_members() {
+        let bytes = b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"m\",\"x\":{\"\xa7\x8d\":1}}";
+        let err = parse_message(bytes, &Limits::default()).unwrap_err();
+        assert_eq!(err.code, codes::PARSE_ERROR);
+        let bytes = b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"m\",\"x\":\"\xff\"}";
         let err = parse_message(bytes, &Limits::default()).unwrap_err();
         assert_eq!(err.code, codes::PARSE_ERROR);
     }

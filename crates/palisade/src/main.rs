@@ -7,8 +7,12 @@ use std::sync::Arc;
 
 mod audit_cmd;
 mod audit_setup;
+mod inventory_cmd;
+mod pin_cmd;
 mod policy_cmd;
+mod sandbox_cmd;
 mod scan_cmd;
+mod scan_config_cmd;
 mod scan_text;
 mod tools_cmd;
 
@@ -86,6 +90,21 @@ enum Command {
     Audit {
         #[command(subcommand)]
         command: audit_cmd::AuditCommand,
+    },
+    /// The sandbox of launched stdio servers (docs/sandbox.md).
+    Sandbox {
+        #[command(subcommand)]
+        command: sandbox_cmd::SandboxCommand,
+    },
+    /// Supply-chain pins of launched servers: record, verify, show (docs/supply-chain.md).
+    Pin {
+        #[command(subcommand)]
+        cmd: pin_cmd::PinCmd,
+    },
+    /// Servers, versions, pins, tools and sandbox profiles as JSON or CycloneDX.
+    Inventory {
+        #[command(flatten)]
+        args: inventory_cmd::InventoryArgs,
     },
     /// The bundled demo MCP server on stdio (what `palisade demo` launches).
     #[command(hide = true)]
@@ -186,6 +205,12 @@ enum ScanCommand {
     Text {
         #[command(flatten)]
         args: scan_text::TextArgs,
+    },
+    /// Find MCP client configurations (Claude, Cursor, VS Code, Zed, ...) and audit
+    /// every server. Exit 0: nothing high; 1: a high finding; 2: nothing could be scanned.
+    Config {
+        #[command(flatten)]
+        args: scan_config_cmd::ConfigArgs,
     },
 }
 
@@ -347,8 +372,14 @@ fn main() -> ExitCode {
         Command::Scan {
             command: ScanCommand::Text { args },
         } => scan_text::run(&args),
+        Command::Scan {
+            command: ScanCommand::Config { args },
+        } => scan_config_cmd::run(&args, &runtime),
         Command::Policy { command } => policy_cmd::run(command),
         Command::Audit { command } => audit_cmd::run(command),
+        Command::Sandbox { command } => sandbox_cmd::run(command),
+        Command::Pin { cmd } => pin_cmd::run(cmd),
+        Command::Inventory { args } => inventory_cmd::run(args),
         Command::Demo { port } => {
             let slot = audit_setup::init_logging(&cli.log_format);
             let exe = match std::env::current_exe() {
@@ -463,6 +494,9 @@ key_file = "{key}"
 transport = "stdio"
 command = "{exe}"
 args = ["demo-server"]
+# The demo must start on any Linux host: a kernel without Landlock or user
+# namespaces gets a loud warning instead of a refusal.
+sandbox = {{ mode = "best-effort" }}
 "#
     )
 }

@@ -303,7 +303,11 @@ async fn stdio_environment_is_cleared() {
     assert_eq!(env["DECLARED"], "yes");
     assert!(env.get("PALISADE_TEST_SECRET").is_none(), "{text}");
     assert!(env.get("AWS_SECRET_ACCESS_KEY").is_none(), "{text}");
-    assert!(env.get("HOME").is_none(), "{text}");
+    // HOME is the sandbox's private folder, never the gateway's own.
+    let home = env["HOME"].as_str().unwrap_or_default();
+    assert!(home.contains("/palisade-"), "{text}");
+    assert_ne!(Some(home), std::env::var("HOME").ok().as_deref(), "{text}");
+    assert_eq!(env["TMPDIR"].as_str(), Some(home), "{text}");
 }
 
 #[tokio::test]

@@ -65,6 +65,11 @@ impl Gateway {
         Gateway::start_full(upstreams, server_extra, &[], true)
     }
 
+    /// As [`Gateway::start_logged`], with extra environment variables.
+    pub fn start_full_env_logged(upstreams: &str, env: &[(&str, &str)]) -> Gateway {
+        Gateway::start_full(upstreams, "", env, true)
+    }
+
     fn start_full(upstreams: &str, server_extra: &str, env: &[(&str, &str)], keep_log: bool) -> Gateway {
         let dir = std::env::temp_dir().join(format!("palisade-test-{}-{}", std::process::id(), rand_suffix()));
         std::fs::create_dir_all(&dir).expect("temp dir");
