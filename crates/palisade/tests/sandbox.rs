@@ -323,3 +323,55 @@ async fn egress_goes_only_through_the_proxy_and_only_to_listed_ports() {
         "no egress_denied event:\n{log}"
     );
 }
+
+#[test]
+fn sandbox_check_reports_the_host_and_which_servers_would_be_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("p.toml");
+    std::fs::write(
+        &cfg,
+        "[server]\nlisten = \"127.0.0.1:0\"\n\
+         [upstreams.a]\ntransport = \"stdio\"\ncommand = \"true\"\n\
+         [upstreams.b]\ntransport = \"stdio\"\ncommand = \"true\"\nsandbox = { mode = \"best-effort\" }\n\
+         [upstreams.c]\ntransport = \"stdio\"\ncommand = \"true\"\nsandbox = { mode = \"off\" }\n",
+    )
+    .unwrap();
+    let run = |hide: &str| {
+        let out = std::process::Command::new(palisade_bin())
+            .args(["sandbox", "check", "--json", "--config"])
+            .arg(&cfg)
+            .env("PALISADE_SANDBOX_PRETEND_MISSING", hide)
+            .output()
+            .unwrap();
+        let v: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+        (out.status.code(), v)
+    };
+    let (code, v) = run("");
+    assert_eq!(code, Some(0), "{v}");
+    assert!(v["landlock_abi"].as_i64().unwrap() >= 1, "{v}");
+    let verdicts: Vec<&str> = v["servers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["verdict"].as_str().unwrap())
+        .collect();
+    assert_eq!(verdicts, ["sandboxed", "sandboxed", "unsandboxed"]);
+
+    let (code, v) = run("landlock");
+    assert_eq!(code, Some(1), "a strict server would be refused: {v}");
+    let verdicts: Vec<&str> = v["servers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["verdict"].as_str().unwrap())
+        .collect();
+    assert_eq!(verdicts, ["refused", "degraded", "unsandboxed"]);
+    assert_eq!(v["servers"][0]["missing"], json!(["landlock"]));
+    let landlock = v["mechanisms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "landlock")
+        .unwrap();
+    assert_eq!(landlock["available"], false);
+}
