@@ -70,11 +70,11 @@ async fn handle(mut client: TcpStream, rules: &[EgressRule], upstream: &str) {
         }
     };
     let (host, port) = target;
-    let Some(rule) = rules.iter().find(|r| r.admits(&host, port)) else {
+    if !rules.iter().any(|r| r.admits(&host, port)) {
         deny(upstream, &host, port, "not in the egress list");
         let _ = client.write_all(b"HTTP/1.1 403 Forbidden\r\n\r\n").await;
         return;
-    };
+    }
     let literal = host.parse::<IpAddr>().ok();
     let addrs: Vec<SocketAddr> = match literal {
         Some(ip) => vec![SocketAddr::new(ip, port)],
@@ -88,7 +88,6 @@ async fn handle(mut client: TcpStream, rules: &[EgressRule], upstream: &str) {
         let _ = client.write_all(b"HTTP/1.1 502 Bad Gateway\r\n\r\n").await;
         return;
     }
-    let _ = rule;
     let mut remote = None;
     for a in addrs {
         if let Ok(Ok(s)) = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(a)).await {

@@ -125,19 +125,30 @@ impl Prepared {
     }
 }
 
+/// The mechanisms a configuration cannot do without: strict mode refuses to
+/// start when one is missing, best-effort reports it. Landlock TCP rules under
+/// a network namespace and Landlock scoping are added where the kernel has them.
+pub fn required(cfg: &SandboxConfig) -> Vec<Mechanism> {
+    let mut v = vec![Mechanism::Landlock, Mechanism::UserNamespace];
+    if cfg.seccomp == SeccompProfile::Default {
+        v.push(Mechanism::Seccomp);
+    }
+    match cfg.network {
+        NetworkMode::None => v.push(Mechanism::NetworkNamespace),
+        NetworkMode::Egress => v.push(Mechanism::LandlockNet),
+        NetworkMode::Host => {}
+    }
+    v
+}
+
 /// Builds the sandbox for one launch. Strict mode fails with
-/// [`SandboxError::Unsupported`] when a configured mechanism is missing.
+/// [`SandboxError::Unsupported`] when a [`required`] mechanism is missing.
 pub fn prepare(cfg: &SandboxConfig, launch: &Launch<'_>, host: &Features) -> Result<Prepared, SandboxError> {
-    let strict = cfg.mode == SandboxMode::Strict;
-    let mut missing = Vec::new();
+    let missing: Vec<Mechanism> = required(cfg).into_iter().filter(|m| !host.has(*m)).collect();
+    if cfg.mode == SandboxMode::Strict && !missing.is_empty() {
+        return Err(SandboxError::Unsupported(missing));
+    }
     let mut applied = Vec::new();
-    let need = |m: Mechanism, missing: &mut Vec<Mechanism>| -> bool {
-        let ok = host.has(m);
-        if !ok && !missing.contains(&m) {
-            missing.push(m);
-        }
-        ok
-    };
 
     // User switch.
     let (uid, gid) = resolve_user(cfg)?;
@@ -153,9 +164,8 @@ pub fn prepare(cfg: &SandboxConfig, launch: &Launch<'_>, host: &Features) -> Res
     let target_gid = gid.unwrap_or_else(|| unsafe { libc::getegid() });
 
     // Namespaces.
-    let want_netns = cfg.network == NetworkMode::None;
-    let userns = need(Mechanism::UserNamespace, &mut missing);
-    let netns = want_netns && need(Mechanism::NetworkNamespace, &mut missing);
+    let userns = host.has(Mechanism::UserNamespace);
+    let netns = cfg.network == NetworkMode::None && host.has(Mechanism::NetworkNamespace);
     if userns {
         applied.push("user_namespace");
     }
@@ -188,10 +198,9 @@ pub fn prepare(cfg: &SandboxConfig, launch: &Launch<'_>, host: &Features) -> Res
             return Err(SandboxError::Invalid(format!("path {} does not exist", p.display())));
         }
     }
-    let want_net_rules = cfg.network != NetworkMode::Host;
-    let landlock = if need(Mechanism::Landlock, &mut missing) {
-        let net = want_net_rules && need(Mechanism::LandlockNet, &mut missing);
-        let scope = need(Mechanism::LandlockScope, &mut missing);
+    let landlock = if host.has(Mechanism::Landlock) {
+        let net = cfg.network != NetworkMode::Host && host.has(Mechanism::LandlockNet);
+        let scope = host.has(Mechanism::LandlockScope);
         applied.push("landlock");
         Some(build_landlock(
             host.landlock_abi,
@@ -205,7 +214,7 @@ pub fn prepare(cfg: &SandboxConfig, launch: &Launch<'_>, host: &Features) -> Res
     };
 
     // seccomp.
-    let seccomp = if cfg.seccomp == SeccompProfile::Default && need(Mechanism::Seccomp, &mut missing) {
+    let seccomp = if cfg.seccomp == SeccompProfile::Default && host.has(Mechanism::Seccomp) {
         applied.push("seccomp");
         seccomp::programs(cfg.network == NetworkMode::Host).map_err(SandboxError::Invalid)?
     } else {
@@ -246,9 +255,6 @@ pub fn prepare(cfg: &SandboxConfig, launch: &Launch<'_>, host: &Features) -> Res
         env.push(("NODE_USE_ENV_PROXY".to_owned(), "1".to_owned()));
     }
 
-    if strict && !missing.is_empty() {
-        return Err(SandboxError::Unsupported(missing));
-    }
     if uid.is_some() {
         applied.push("set_user");
     }
@@ -272,7 +278,8 @@ pub fn prepare(cfg: &SandboxConfig, launch: &Launch<'_>, host: &Features) -> Res
     })
 }
 
-fn resolve_user(cfg: &SandboxConfig) -> Result<(Option<u32>, Option<u32>), SandboxError> {
+/// The uid and gid of `sandbox.user` / `sandbox.group`; `None` without a user.
+pub fn resolve_user(cfg: &SandboxConfig) -> Result<(Option<u32>, Option<u32>), SandboxError> {
     let Some(name) = cfg.user.as_deref() else {
         return Ok((None, None));
     };

@@ -167,7 +167,11 @@ impl Launcher {
         }
         let host = Features::get();
         // The private folder is created once the user is known.
-        let owner = owner_of(cfg)?;
+        let owner = match palisade_sandbox::resolve_user(sb) {
+            Ok((Some(uid), Some(gid))) => Some((uid, gid)),
+            Ok(_) => None,
+            Err(e) => return Err(Refusal::Sandbox(e.to_string())),
+        };
         if self.private.is_none() {
             self.private = Some(
                 PrivateDir::create(&self.name, owner).map_err(|e| Refusal::Sandbox(format!("private folder: {e}")))?,
@@ -218,18 +222,6 @@ impl Launcher {
             },
         ))
     }
-}
-
-fn owner_of(cfg: &StdioConfig) -> Result<Option<(u32, u32)>, Refusal> {
-    let Some(user) = cfg.sandbox.user.as_deref() else {
-        return Ok(None);
-    };
-    let u = match user.parse::<u32>() {
-        Ok(n) => nix::unistd::User::from_uid(n.into()).ok().flatten(),
-        Err(_) => nix::unistd::User::from_name(user).ok().flatten(),
-    }
-    .ok_or_else(|| Refusal::Sandbox(format!("unknown user {user:?}")))?;
-    Ok(Some((u.uid.as_raw(), u.gid.as_raw())))
 }
 
 /// Resolves a command the way `execvp` would, against the server's `PATH`.

@@ -388,7 +388,6 @@ impl Supervisor {
         else {
             return Exit::Died("stdio pipes unavailable".into());
         };
-        tracing::info!(upstream = %name, pid, generation, "stdio upstream started");
         let stderr_task = tokio::spawn(log_stderr(name.clone(), stderr));
         let mut stdin = Some(stdin);
         let mut reader = LineReader::new(

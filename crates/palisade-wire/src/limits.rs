@@ -62,6 +62,14 @@ impl std::error::Error for LimitError {}
 /// Syntax errors are left to the real parser; this only has to be conservative
 /// about structure, so it tracks strings (with escapes), nesting and commas.
 pub fn prescan(bytes: &[u8], limits: &Limits) -> Result<(), LimitError> {
+    scan(bytes, limits).map(drop)
+}
+
+/// [`prescan`], also telling whether the text may hold what parses as JSON
+/// but not as a `serde_json::Value`: a `\uD...` escape in a string (a lone
+/// surrogate), or a number with an exponent or of more than 300 digits (out of
+/// `f64` range). False positives only cost the caller a second parse.
+pub(crate) fn scan(bytes: &[u8], limits: &Limits) -> Result<bool, LimitError> {
     if bytes.len() > limits.max_bytes {
         return Err(LimitError::TooLarge {
             limit: limits.max_bytes,
@@ -74,10 +82,18 @@ pub fn prescan(bytes: &[u8], limits: &Limits) -> Result<(), LimitError> {
     let mut in_string = false;
     let mut escaped = false;
     let mut string_len = 0usize;
+    let mut unicode_escape = false;
+    let mut digits = 0usize;
+    let mut suspect = false;
     for &b in bytes {
         if in_string {
+            if unicode_escape {
+                unicode_escape = false;
+                suspect |= b | 0x20 == b'd';
+            }
             if escaped {
                 escaped = false;
+                unicode_escape = b == b'u';
             } else if b == b'\\' {
                 escaped = true;
             } else if b == b'"' {
@@ -92,6 +108,13 @@ pub fn prescan(bytes: &[u8], limits: &Limits) -> Result<(), LimitError> {
             }
             continue;
         }
+        if b.is_ascii_digit() {
+            digits += 1;
+            suspect |= digits > 300;
+            continue;
+        }
+        suspect |= digits > 0 && b | 0x20 == b'e';
+        digits = 0;
         match b {
             b'"' => {
                 in_string = true;
@@ -119,7 +142,7 @@ pub fn prescan(bytes: &[u8], limits: &Limits) -> Result<(), LimitError> {
             _ => {}
         }
     }
-    Ok(())
+    Ok(suspect)
 }
 
 #[cfg(test)]
@@ -178,5 +201,26 @@ mod tests {
             ..Limits::default()
         };
         assert!(matches!(prescan(deep.as_bytes(), &l), Err(LimitError::TooDeep { .. })));
+    }
+
+    #[test]
+    fn scan_flags_only_what_a_value_may_not_hold() {
+        let l = Limits::default();
+        for clean in [
+            &br#"{"h":"a1e4","n":12,"t":"\n\u00e9","b":true}"#[..],
+            br#"[1.5,-2,"1e400"]"#,
+        ] {
+            assert_eq!(scan(clean, &l), Ok(false), "{}", String::from_utf8_lossy(clean));
+        }
+        for suspect in [
+            &br#"{"n":1e400}"#[..],
+            br#"{"n":2E-3}"#,
+            br#"{"s":"\uD800"}"#,
+            br#"{"s":"\ud83d\ude00"}"#,
+        ] {
+            assert_eq!(scan(suspect, &l), Ok(true), "{}", String::from_utf8_lossy(suspect));
+        }
+        let long = format!("[{}]", "9".repeat(301));
+        assert_eq!(scan(long.as_bytes(), &l), Ok(true));
     }
 }

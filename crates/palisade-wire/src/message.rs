@@ -7,7 +7,7 @@ use serde::ser::{SerializeMap, Serializer};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::limits::{LimitError, Limits, prescan};
+use crate::limits::{LimitError, Limits, scan};
 
 /// JSON-RPC and MCP error codes used by the gateway.
 pub mod codes {
@@ -163,11 +163,14 @@ struct Envelope {
 ///
 /// Batches (top-level arrays) are refused: MCP removed them in 2025-06-18.
 pub fn parse_message(bytes: &[u8], limits: &Limits) -> Result<Message, DecodeError> {
-    if let Err(e) = prescan(bytes, limits) {
-        let mut err = DecodeError::new(codes::INVALID_REQUEST, e.to_string());
-        err.limit = Some(e);
-        return Err(err);
-    }
+    let suspect = match scan(bytes, limits) {
+        Ok(s) => s,
+        Err(e) => {
+            let mut err = DecodeError::new(codes::INVALID_REQUEST, e.to_string());
+            err.limit = Some(e);
+            return Err(err);
+        }
+    };
     match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
         Some(b'{') => {}
         Some(b'[') => {
@@ -200,36 +203,13 @@ pub fn parse_message(bytes: &[u8], limits: &Limits) -> Result<Message, DecodeErr
     // number beyond f64 passes that parse but not a `Value` parse, and every
     // check that reads the payload as a `Value` would then see nothing: refuse
     // such messages here (found while fuzzing the decoder).
-    if may_not_decode(bytes)
-        && let Err(e) = serde_json::from_str::<serde_json::Value>(text)
-    {
+    if suspect && let Err(e) = serde_json::from_str::<serde_json::Value>(text) {
         return Err(DecodeError::new(
             codes::PARSE_ERROR,
             format!("malformed JSON-RPC message: {e}"),
         ));
     }
     validate(env)
-}
-
-/// Whether the text has a `\uD...` escape, a digit followed by an exponent
-/// marker, or a run of more than 300 digits: the only ways JSON that parses
-/// can still fail to become a `Value`. False positives only cost a second parse.
-fn may_not_decode(b: &[u8]) -> bool {
-    let mut digits = 0usize;
-    for (i, &c) in b.iter().enumerate() {
-        if c.is_ascii_digit() {
-            digits += 1;
-            if digits > 300 || matches!(b.get(i + 1), Some(b'e' | b'E')) {
-                return true;
-            }
-            continue;
-        }
-        digits = 0;
-        if c == b'\\' && b.get(i + 1) == Some(&b'u') && matches!(b.get(i + 2), Some(b'd' | b'D')) {
-            return true;
-        }
-    }
-    false
 }
 
 fn validate(env: Envelope) -> Result<Message, DecodeError> {

@@ -44,16 +44,11 @@ fn check(config: Option<PathBuf>, json: bool) -> ExitCode {
                 continue;
             };
             let sb = &s.sandbox;
-            let mut wanted = vec![Mechanism::Landlock, Mechanism::UserNamespace];
-            if sb.seccomp == palisade_config::SeccompProfile::Default {
-                wanted.push(Mechanism::Seccomp);
-            }
-            match sb.network {
-                palisade_config::NetworkMode::None => wanted.push(Mechanism::NetworkNamespace),
-                palisade_config::NetworkMode::Egress => wanted.push(Mechanism::LandlockNet),
-                palisade_config::NetworkMode::Host => {}
-            }
-            let missing: Vec<&str> = wanted.iter().filter(|m| !host.has(**m)).map(|m| m.as_str()).collect();
+            let missing: Vec<&str> = palisade_sandbox::required(sb)
+                .into_iter()
+                .filter(|m| !host.has(*m))
+                .map(Mechanism::as_str)
+                .collect();
             let verdict = match (sb.mode, missing.is_empty()) {
                 (SandboxMode::Off, _) => "unsandboxed",
                 (_, true) => "sandboxed",

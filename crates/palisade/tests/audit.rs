@@ -24,26 +24,8 @@ fn audit_dir(gw: &Gateway) -> PathBuf {
 
 /// Every record of the chain, parsed.
 fn records(dir: &Path) -> Vec<Value> {
-    let mut segs: Vec<PathBuf> = std::fs::read_dir(dir)
-        .expect("audit dir")
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("audit-"))
-        })
-        .collect();
-    segs.sort();
-    let mut out = vec![];
-    for s in segs {
-        for l in std::fs::read_to_string(&s).expect("segment").lines() {
-            if let Ok(v) = serde_json::from_str::<Value>(l) {
-                out.push(v);
-            }
-        }
-    }
-    out
+    assert!(dir.is_dir(), "audit dir {}", dir.display());
+    audit_records(dir)
 }
 
 fn cli(args: &[&str]) -> (i32, String, String) {

@@ -83,6 +83,11 @@ fn log_of(gw: &Gateway) -> String {
     out
 }
 
+/// Whether one line of the log contains every part.
+fn logged(log: &str, parts: &[&str]) -> bool {
+    log.lines().any(|l| parts.iter().all(|p| l.contains(p)))
+}
+
 /// The log once a line satisfies `pred` (events are written after the
 /// response that revealed them), or after 10 s.
 async fn log_when(gw: &Gateway, pred: impl Fn(&str) -> bool) -> String {
@@ -239,13 +244,11 @@ async fn strict_refuses_a_host_without_landlock_and_best_effort_starts_loudly() 
     assert_eq!(tool_text(&url, &sid, 2, "echo", json!({"text": "y"})).await, "y");
     let log = log_when(&gw, |l| l.contains("upstream.sandbox_degraded")).await;
     assert!(
-        log.lines()
-            .any(|l| l.contains("upstream.sandbox_refused") && l.contains("strictjail") && l.contains("landlock")),
+        logged(&log, &["upstream.sandbox_refused", "strictjail", "landlock"]),
         "no sandbox_refused event:\n{log}"
     );
     assert!(
-        log.lines()
-            .any(|l| l.contains("upstream.sandbox_degraded") && l.contains("lenient") && l.contains("landlock")),
+        logged(&log, &["upstream.sandbox_degraded", "lenient", "landlock"]),
         "no sandbox_degraded event:\n{log}"
     );
 }
@@ -261,15 +264,10 @@ async fn a_server_over_its_memory_limit_is_killed_reported_and_restarted() {
     assert!(r.starts_with("ERROR"), "allocation finished: {r}");
     let log = log_when(&gw, |l| l.contains("upstream.exited")).await;
     assert!(
-        log.lines()
-            .any(|l| l.contains("upstream.limit_exceeded") && l.contains("memory") && l.contains("hog")),
+        logged(&log, &["upstream.limit_exceeded", "memory", "hog"]),
         "no limit_exceeded event:\n{log}"
     );
-    assert!(
-        log.lines()
-            .any(|l| l.contains("upstream.exited") && l.contains("signal=9")),
-        "no exit record:\n{log}"
-    );
+    assert!(logged(&log, &["upstream.exited", "signal=9"]), "no exit record:\n{log}");
     // Restarted with backoff: the next session works.
     for _ in 0..50 {
         let sid = initialize(&url).await;
@@ -318,10 +316,18 @@ async fn egress_goes_only_through_the_proxy_and_only_to_listed_ports() {
     assert!(direct.starts_with("BLOCKED connect"), "direct connection: {direct}");
     let log = log_when(&gw, |l| l.contains("sandbox.egress_denied")).await;
     assert!(
-        log.lines()
-            .any(|l| l.contains("sandbox.egress_denied") && l.contains(&po.to_string())),
+        logged(&log, &["sandbox.egress_denied", &po.to_string()]),
         "no egress_denied event:\n{log}"
     );
+}
+
+fn verdicts(check: &Value) -> Vec<&str> {
+    check["servers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["verdict"].as_str().unwrap())
+        .collect()
 }
 
 #[test]
@@ -349,23 +355,11 @@ fn sandbox_check_reports_the_host_and_which_servers_would_be_refused() {
     let (code, v) = run("");
     assert_eq!(code, Some(0), "{v}");
     assert!(v["landlock_abi"].as_i64().unwrap() >= 1, "{v}");
-    let verdicts: Vec<&str> = v["servers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["verdict"].as_str().unwrap())
-        .collect();
-    assert_eq!(verdicts, ["sandboxed", "sandboxed", "unsandboxed"]);
+    assert_eq!(verdicts(&v), ["sandboxed", "sandboxed", "unsandboxed"]);
 
     let (code, v) = run("landlock");
     assert_eq!(code, Some(1), "a strict server would be refused: {v}");
-    let verdicts: Vec<&str> = v["servers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["verdict"].as_str().unwrap())
-        .collect();
-    assert_eq!(verdicts, ["refused", "degraded", "unsandboxed"]);
+    assert_eq!(verdicts(&v), ["refused", "degraded", "unsandboxed"]);
     assert_eq!(v["servers"][0]["missing"], json!(["landlock"]));
     let landlock = v["mechanisms"]
         .as_array()

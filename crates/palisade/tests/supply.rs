@@ -158,32 +158,6 @@ async fn tool_names(url: &str) -> Option<Vec<String>> {
     )
 }
 
-fn audit_records(dir: &Path) -> Vec<Value> {
-    let Ok(rd) = std::fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    let mut segs: Vec<PathBuf> = rd
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("audit-"))
-        })
-        .collect();
-    segs.sort();
-    segs.iter()
-        .flat_map(|s| {
-            std::fs::read_to_string(s)
-                .unwrap_or_default()
-                .lines()
-                .map(str::to_owned)
-                .collect::<Vec<_>>()
-        })
-        .filter_map(|l| serde_json::from_str(&l).ok())
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pinned_npm_server_starts_and_a_tampered_install_does_not() {
     let tmp = tempfile::tempdir().unwrap();
