@@ -393,3 +393,43 @@ fn trace_settings_are_checked() {
         assert!(e.contains(want), "{text}: {e}");
     }
 }
+
+#[test]
+fn sandbox_defaults_are_strict_and_bad_sandbox_settings_name_their_key() {
+    let c = Config::from_toml(MINIMAL).unwrap();
+    let Transport::Stdio(s) = &c.upstreams["demo"].get_ref().transport else {
+        panic!("stdio");
+    };
+    assert_eq!(s.sandbox.mode, SandboxMode::Strict);
+    assert_eq!(s.sandbox.network, NetworkMode::None);
+    assert!(s.sandbox.auto_paths);
+    assert_eq!(s.sandbox.limits.processes, 256);
+    for (extra, key) in [
+        (
+            "sandbox = { read_write = [\"relative/dir\"] }",
+            "upstreams.demo.sandbox",
+        ),
+        (
+            "sandbox = { egress = [\"api.example.com:443\"] }",
+            "upstreams.demo.sandbox.egress",
+        ),
+        (
+            "sandbox = { network = \"egress\", egress = [\"no-port\"] }",
+            "upstreams.demo.sandbox.egress",
+        ),
+        (
+            "sandbox = { limits = { processes = 1 } }",
+            "upstreams.demo.sandbox.limits.processes",
+        ),
+        (
+            "sandbox = { limits = { open_files = 3 } }",
+            "upstreams.demo.sandbox.limits.open_files",
+        ),
+    ] {
+        let err = Config::from_toml(&format!("{MINIMAL}{extra}\n")).unwrap_err();
+        assert!(err.0.iter().any(|e| e.key == key), "{extra}: {err}");
+    }
+    for bad in ["sandbox = { mode = \"lenient\" }", "sandbox = { netwrok = \"host\" }"] {
+        assert!(Config::from_toml(&format!("{MINIMAL}{bad}\n")).is_err(), "{bad}");
+    }
+}
